@@ -1,0 +1,331 @@
+"""The DICOM SCP: Verification and Storage, each instance durable before it is acknowledged.
+
+The C-STORE path (see DESIGN.md, listener/):
+
+1. pynetdicom streams the received dataset to a temporary file under ``<storage>/tmp`` (its
+   ``STORE_RECV_CHUNKED_DATASET`` option), so large instances never sit whole in memory and the
+   dataset is never decoded and re-encoded: what is stored is byte for byte what was sent.
+2. The identifying attributes are read from that file and every UID is checked.
+3. The file is fsynced and renamed to ``<storage>/<study>/<series>/<instance>.dcm``, the directory
+   fsynced; then the database row is committed. Only then is Success answered. If the commit fails
+   the file is removed again and the sender gets 0xA700 (retry later).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import AllTransferSyntaxes, UID
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import utcnow
+from listener import statuses
+from listener.records import InstanceMeta, find_instance, record_instance
+from listener.storage import InstanceStore
+from listener.uids import InvalidUID, check_uid
+from ops.logs import event
+
+log = logging.getLogger("triage.listener")
+
+# Attributes read from each received file: identity and hierarchy, never patient data.
+_META_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "InstanceNumber",
+]
+
+
+class CorruptDataset(ValueError):
+    """The received bytes are not a DICOM dataset the listener can read."""
+
+
+def supported_transfer_syntaxes() -> list[str]:
+    """Every transfer syntax whose pixel data an installed decoder handles (the worker's needs)."""
+    syntaxes: list[str] = []
+    for uid in AllTransferSyntaxes:
+        try:
+            available = get_decoder(uid).is_available
+        except NotImplementedError:
+            continue
+        if available:
+            syntaxes.append(str(uid))
+    return syntaxes
+
+
+def storage_contexts() -> list[PresentationContext]:
+    """Verification plus every storage SOP class, each with every decodable transfer syntax."""
+    syntaxes = supported_transfer_syntaxes()
+    contexts = [build_context(Verification, syntaxes)]
+    contexts += [build_context(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
+    return contexts
+
+
+def read_instance_meta(path: Path, transfer_syntax: str) -> InstanceMeta:
+    """Parse the received file far enough to know what it is and check its UIDs.
+
+    The whole element structure is parsed (large values are skipped by seeking), so a truncated or
+    garbled dataset is refused here instead of being acknowledged and failing later.
+    """
+    try:
+        ds = pydicom.dcmread(path, defer_size=4096)
+        values = {tag: ds.get(tag) for tag in _META_TAGS}
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError,
+            AttributeError, IndexError, OverflowError, UnicodeError) as exc:
+        raise CorruptDataset(f"{type(exc).__name__}: {exc}") from exc
+    for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if values[name] in (None, ""):
+            raise KeyError(name)
+    return InstanceMeta(
+        study_uid=check_uid(values["StudyInstanceUID"], "StudyInstanceUID"),
+        series_uid=check_uid(values["SeriesInstanceUID"], "SeriesInstanceUID"),
+        sop_instance_uid=check_uid(values["SOPInstanceUID"], "SOPInstanceUID"),
+        sop_class_uid=check_uid(values["SOPClassUID"], "SOPClassUID"),
+        transfer_syntax_uid=transfer_syntax,
+        modality=_short_str(values["Modality"]),
+        series_number=_int_or_none(values["SeriesNumber"]),
+        instance_number=_int_or_none(values["InstanceNumber"]),
+    )
+
+
+def _short_str(value: Any) -> str | None:
+    text = str(value).strip() if value not in (None, "") else ""
+    return text[:16] or None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if -(2**31) <= number < 2**31 else None
+
+
+class _AccessControlledServer(ThreadedAssociationServer):
+    """Drops TCP connections from addresses outside the allow-list before any DICOM is spoken."""
+
+    allowed_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if not self.allowed_networks:
+            return True
+        try:
+            address = ipaddress.ip_address(client_address[0])
+        except ValueError:
+            return False
+        allowed = any(address in network for network in self.allowed_networks)
+        if not allowed:
+            event(log, "listener.assoc.refused_address", logging.WARNING, peer=str(address))
+        return allowed
+
+
+class Listener:
+    """The node's storage SCP; ``start()`` serves in background threads, ``stop()`` drains them."""
+
+    def __init__(
+        self,
+        *,
+        store: InstanceStore,
+        sessions: sessionmaker[Session],
+        ae_title: str,
+        host: str,
+        port: int,
+        allowed_aes: Sequence[str] = (),
+        allowed_hosts: Sequence[str] = (),
+        max_associations: int = 16,
+        max_pdu: int = 1_048_576,
+        acse_timeout: float = 30.0,
+        dimse_timeout: float = 60.0,
+        network_timeout: float = 60.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.store = store
+        self._sessions = sessions
+        self._host = host
+        self._port = port
+        self._allowed_networks = [ipaddress.ip_network(h, strict=False) for h in allowed_hosts]
+        self._ssl_context = ssl_context
+        self._server: _AccessControlledServer | None = None
+        self._thread: threading.Thread | None = None
+
+        # pynetdicom streams each received dataset into a temporary file; keeping those files on
+        # the storage file system lets the listener rename them into place instead of copying.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(store.tmp_dir)
+
+        ae = AE(ae_title=ae_title)
+        ae.supported_contexts = storage_contexts()
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(allowed_aes)
+        ae.maximum_associations = max_associations
+        ae.maximum_pdu_size = max_pdu
+        ae.acse_timeout = acse_timeout
+        ae.dimse_timeout = dimse_timeout
+        ae.network_timeout = network_timeout
+        self.ae = ae
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when started with port 0)."""
+        if self._server is None:
+            return self._port
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
+        server = self.ae.make_server(
+            (self._host, self._port),
+            ssl_context=self._ssl_context,
+            evt_handlers=handlers,
+            server_class=_AccessControlledServer,
+        )
+        server.allowed_networks = self._allowed_networks
+        self.ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() agree
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+        self._thread.start()
+        event(log, "listener.started", ae_title=self.ae.ae_title, host=self._host, port=self.port,
+              tls=self._ssl_context is not None, transfer_syntaxes=len(supported_transfer_syntaxes()))
+
+    def stop(self, grace_seconds: float = 30.0) -> None:
+        """Refuse new associations at once, let the running ones finish, abort what is left."""
+        if self._server is None:
+            return
+        self._server.shutdown()  # closes the listening socket: new connections are refused
+        deadline = time.monotonic() + grace_seconds
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.ae.active_associations
+        for assoc in left:
+            assoc.abort()
+        self._server = None
+        event(log, "listener.stopped", aborted_associations=len(left))
+
+    # event handlers -------------------------------------------------------------------------
+    def _on_echo(self, event_: evt.Event) -> int:
+        return statuses.SUCCESS
+
+    def _on_accepted(self, event_: evt.Event) -> None:
+        event(log, "listener.assoc.accepted", calling_ae=event_.assoc.requestor.ae_title,
+              peer=event_.assoc.requestor.address)
+
+    def _on_rejected(self, event_: evt.Event) -> None:
+        event(log, "listener.assoc.rejected", logging.WARNING, calling_ae=event_.assoc.requestor.ae_title,
+              called_ae=event_.assoc.acceptor.ae_title, peer=event_.assoc.requestor.address)
+
+    def _on_aborted(self, event_: evt.Event) -> None:
+        event(log, "listener.assoc.aborted", logging.WARNING, calling_ae=event_.assoc.requestor.ae_title)
+
+    def _on_store(self, event_: evt.Event) -> int:
+        started = time.perf_counter()
+        request = event_.request
+        calling_ae = str(event_.assoc.requestor.ae_title).strip()
+        tmp_file = Path(event_.dataset_path)
+        transfer_syntax = str(event_.context.transfer_syntax)
+        try:
+            status = self._store(tmp_file, request, transfer_syntax, calling_ae, started)
+        finally:
+            tmp_file.unlink(missing_ok=True)  # still there only when the instance was refused
+        return status
+
+    def _store(self, tmp_file: Path, request: Any, transfer_syntax: str, calling_ae: str,
+               started: float) -> int:
+        try:
+            sop_uid = check_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
+            meta = read_instance_meta(tmp_file, transfer_syntax)
+        except InvalidUID as exc:
+            return self._refuse(statuses.INVALID_UID, str(exc), calling_ae)
+        except KeyError as exc:
+            return self._refuse(statuses.MISSING_ATTRIBUTE, f"missing {exc.args[0]}", calling_ae)
+        except CorruptDataset as exc:
+            return self._refuse(statuses.CANNOT_UNDERSTAND, str(exc)[:200], calling_ae)
+        if meta.sop_instance_uid != sop_uid or meta.sop_class_uid != str(request.AffectedSOPClassUID).strip():
+            return self._refuse(statuses.DATASET_MISMATCH,
+                                "SOP Class or Instance UID of the data set differ from the request", calling_ae)
+        rel = self.store.relative_path(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
+
+        try:
+            with self._sessions() as session:
+                existing = find_instance(session, meta.sop_instance_uid)
+                if existing is not None and self.store.exists(existing.path):
+                    event(log, "listener.store.duplicate", sop_instance_uid=sop_uid, calling_ae=calling_ae)
+                    return statuses.SUCCESS
+                size = self.store.place(tmp_file, rel)
+                if existing is not None:  # row without file (restored from a backup?): file healed
+                    event(log, "listener.store.healed", logging.WARNING, sop_instance_uid=sop_uid)
+                    return statuses.SUCCESS
+                try:
+                    recorded = record_instance(session, meta, path=rel.as_posix(), size_bytes=size,
+                                               calling_ae=calling_ae, now=utcnow())
+                    session.commit()
+                except IntegrityError:
+                    # Another association stored the same instance a moment ago: that row now
+                    # points at this very path, so the file stays.
+                    session.rollback()
+                    if find_instance(session, meta.sop_instance_uid) is None:
+                        raise
+                    event(log, "listener.store.duplicate", sop_instance_uid=sop_uid, calling_ae=calling_ae)
+                    return statuses.SUCCESS
+                except BaseException:
+                    session.rollback()
+                    self.store.remove(rel)
+                    raise
+        except SQLAlchemyError as exc:
+            event(log, "listener.store.db_error", logging.ERROR, sop_instance_uid=sop_uid,
+                  error=type(exc).__name__, hint="check the database; the sender should retry")
+            return statuses.OUT_OF_RESOURCES
+        except OSError as exc:
+            reason = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else os.strerror(exc.errno or 0)
+            event(log, "listener.store.io_error", logging.ERROR, sop_instance_uid=sop_uid, reason=reason,
+                  hint="free space or fix permissions under TRIAGE_DATA_DIR")
+            return statuses.OUT_OF_RESOURCES
+        if recorded.reopened:
+            event(log, "listener.study.reopened", study_uid=meta.study_uid)
+        event(log, "listener.store.ok", sop_instance_uid=sop_uid, study_uid=meta.study_uid,
+              modality=meta.modality, transfer_syntax=transfer_syntax, bytes=size, calling_ae=calling_ae,
+              ms=round((time.perf_counter() - started) * 1000, 2))
+        return statuses.SUCCESS
+
+    def _refuse(self, status: int, reason: str, calling_ae: str) -> int:
+        event(log, "listener.store.refused", logging.WARNING, status=f"0x{status:04X}",
+              meaning=statuses.DESCRIPTIONS[status], reason=reason, calling_ae=calling_ae)
+        return status
+
+
+def make_ssl_context(cert: Path, key: Path, ca: Path | None, require_client_cert: bool) -> ssl.SSLContext:
+    """TLS for DICOM (PS3.15 B.1): server certificate, optional client certificate verification."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=cert, keyfile=key)
+    if ca is not None:
+        context.load_verify_locations(cafile=ca)
+    context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else (
+        ssl.CERT_OPTIONAL if ca is not None else ssl.CERT_NONE)
+    return context

@@ -1,0 +1,78 @@
+"""``triage listen``: the listener process with its completion sweeper and graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from db.migrate import upgrade
+from db.session import make_engine, make_sessionmaker
+from listener.completion import CompletionSweeper
+from listener.server import Listener, make_ssl_context
+from listener.storage import InstanceStore
+from ops.config import Settings
+from ops.logs import event
+
+log = logging.getLogger("triage.listener")
+
+
+def build_listener(settings: Settings) -> tuple[Listener, CompletionSweeper]:
+    """Migrate the database, clean leftovers of a crash and wire the listener and sweeper."""
+    engine = make_engine(settings.resolved_database_url, durable=settings.durable_commit)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    store = InstanceStore(settings.storage_dir)
+    removed = store.clean_tmp()
+    if removed:
+        event(log, "listener.tmp.cleaned", files=removed)
+    ssl_context = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        ssl_context = make_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca,
+                                       settings.tls_require_client_cert)
+    listener = Listener(
+        store=store,
+        sessions=sessions,
+        ae_title=settings.ae_title,
+        host=settings.host,
+        port=settings.port,
+        allowed_aes=settings.allowed_aes,
+        allowed_hosts=settings.allowed_hosts,
+        max_associations=settings.max_associations,
+        max_pdu=settings.max_pdu,
+        acse_timeout=settings.acse_timeout,
+        dimse_timeout=settings.dimse_timeout,
+        network_timeout=settings.network_timeout,
+        ssl_context=ssl_context,
+    )
+    sweeper = CompletionSweeper(sessions, quiet_seconds=settings.quiet_seconds,
+                                ceiling_seconds=settings.completion_ceiling_seconds,
+                                interval=settings.sweep_interval)
+    return listener, sweeper
+
+
+def wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: FrameType | None) -> None:
+        event(log, "process.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    while not stop.wait(1.0):
+        pass
+
+
+def run_listener(settings: Settings, grace_seconds: float = 30.0) -> int:
+    listener, sweeper = build_listener(settings)
+    listener.start()
+    sweeper.start()
+    try:
+        wait_for_signal()
+    finally:
+        listener.stop(grace_seconds)
+        sweeper.stop()
+    return 0

@@ -1,0 +1,1 @@
+"""Running the node: configuration, logging, the ``triage`` command and benchmarks."""
