@@ -28,7 +28,7 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
-from pydicom.uid import AllTransferSyntaxes, UID
+from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -90,6 +90,8 @@ def read_instance_meta(path: Path, transfer_syntax: str) -> InstanceMeta:
     """
     try:
         ds = pydicom.dcmread(path, defer_size=4096)
+        if transfer_syntax != DeflatedExplicitVRLittleEndian:  # offsets of a deflated set are inflated ones
+            _check_value_lengths(ds, path.stat().st_size)
         values = {tag: ds.get(tag) for tag in _META_TAGS}
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError,
             AttributeError, IndexError, OverflowError, UnicodeError) as exc:
@@ -107,6 +109,20 @@ def read_instance_meta(path: Path, transfer_syntax: str) -> InstanceMeta:
         series_number=_int_or_none(values["SeriesNumber"]),
         instance_number=_int_or_none(values["InstanceNumber"]),
     )
+
+
+def _check_value_lengths(ds: pydicom.Dataset, file_size: int) -> None:
+    """Deferred (large) values are skipped by seeking, which never fails: check they fit the file."""
+    for tag in ds.keys():
+        raw = ds.get_item(tag, keep_deferred=True)
+        tell = getattr(raw, "value_tell", None)
+        length = getattr(raw, "length", None)
+        if tell is None or length is None or length == 0xFFFFFFFF:
+            continue
+        if tell + length > file_size:
+            raise CorruptDataset(
+                f"element {tag} declares {length} bytes but the data set ends {file_size - tell} bytes after it starts"
+            )
 
 
 def _short_str(value: Any) -> str | None:
@@ -171,7 +187,9 @@ class Listener:
 
         # pynetdicom streams each received dataset into a temporary file; keeping those files on
         # the storage file system lets the listener rename them into place instead of copying.
+        # One listener per process: the temporary folder is process-wide (restored by stop()).
         _config.STORE_RECV_CHUNKED_DATASET = True
+        self._previous_tempdir = tempfile.tempdir
         tempfile.tempdir = str(store.tmp_dir)
 
         ae = AE(ae_title=ae_title)
@@ -226,6 +244,7 @@ class Listener:
         for assoc in left:
             assoc.abort()
         self._server = None
+        tempfile.tempdir = self._previous_tempdir
         event(log, "listener.stopped", aborted_associations=len(left))
 
     # event handlers -------------------------------------------------------------------------

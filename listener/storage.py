@@ -7,7 +7,10 @@ temporary file, which :meth:`InstanceStore.clean_tmp` removes at the next start.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import threading
 from pathlib import Path
 
 from listener.uids import check_uid
@@ -57,9 +60,26 @@ class InstanceStore:
             os.close(fd)
         final = self.root / rel
         self._make_dirs(final.parent)
-        os.replace(tmp_file, final)
+        try:
+            os.replace(tmp_file, final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self._copy_across_devices(tmp_file, final)
         _fsync_dir(final.parent)
         return size
+
+    def _copy_across_devices(self, source: Path, final: Path) -> None:
+        """The temporary file lives on another file system: copy it next to ``final`` first."""
+        staging = self.tmp_dir / f"{final.name}.{os.getpid()}.{threading.get_ident()}.part"
+        try:
+            with open(source, "rb") as src, open(staging, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(staging, final)
+        finally:
+            staging.unlink(missing_ok=True)
 
     def remove(self, rel: Path | str) -> None:
         """Remove a placed file (its database row could not be committed)."""

@@ -1,0 +1,108 @@
+"""Shared fixtures: real data, real databases (SQLite and PostgreSQL), a real listener on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.migrate import upgrade
+from db.session import make_engine, make_sessionmaker
+from tests.services import ensure_postgres
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("TRIAGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "dicom").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set TRIAGE_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ct_files(shared_data: Path) -> list[Path]:
+    return sorted((shared_data / "dicom" / "ct-covid19-ny-sbu").rglob("*.dcm"))
+
+
+@pytest.fixture(scope="session")
+def axial_ct_files(ct_files: list[Path]) -> list[Path]:
+    return [p for p in ct_files if p.parent.name == "axial"]
+
+
+@pytest.fixture(scope="session")
+def cr_file(shared_data: Path) -> Path:
+    return shared_data / "dicom" / "cr-chest" / "RG1_UNCR.dcm"
+
+
+def require_tools(*names: str) -> None:
+    missing = [name for name in names if shutil.which(name) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install dcmtk dicom3tools orthanc)")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    try:
+        return ensure_postgres()
+    except Exception as exc:  # pragma: no cover - only on machines without PostgreSQL at all
+        pytest.fail(f"PostgreSQL could not be started on loopback: {exc}")
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"triage_test_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(postgres_server, isolation_level="AUTOCOMMIT", pool_size=1, max_overflow=0)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'triage.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def listener_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start in-process listeners on free loopback ports; all are stopped after the test."""
+    from listener.server import Listener
+    from listener.storage import InstanceStore
+
+    started: list[Listener] = []
+
+    def start(sessions: sessionmaker[Session], **options: Any) -> Listener:
+        options.setdefault("ae_title", "TRIAGE")
+        listener = Listener(store=InstanceStore(tmp_path / "storage"), sessions=sessions, host="127.0.0.1",
+                            port=0, **options)
+        listener.start()
+        started.append(listener)
+        return listener
+
+    yield start
+    for listener in started:
+        listener.stop(grace_seconds=5)

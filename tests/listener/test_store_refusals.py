@@ -1,0 +1,97 @@
+"""What the listener refuses, and that refusing never stores, crashes or escapes the storage root."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Instance
+from db.session import make_engine, make_sessionmaker
+from listener import statuses
+from ops.bench.series import copy_with_new_identity, new_uid
+from tests.conftest import require_tools
+from tests.dcmtk import echoscu
+from tests.pynetdicom_scu import send_files, write_raw_instance
+from tests.services import free_port
+
+
+def _body_of(ds: pydicom.Dataset) -> bytes:
+    """The data set alone, explicit VR little endian, as a C-STORE carries it."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def _files_under(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_malformed_data_set_gets_a_failure_and_the_next_association_works(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path],
+) -> None:
+    require_tools("echoscu")
+    listener = listener_factory(sessions)
+    garbage = write_raw_instance(tmp_path / "garbage.dcm", new_uid(), b"\x08\x00\x16\x00UI\xff\xff" + b"\x17" * 300)
+    truncated_ds = pydicom.dcmread(copy_with_new_identity(ct_files[0], tmp_path / "ok.dcm"))
+    body = _body_of(truncated_ds)
+    truncated = write_raw_instance(tmp_path / "truncated.dcm", truncated_ds.SOPInstanceUID, body[: len(body) // 3])
+    results = send_files(listener.port, [garbage, truncated])
+    assert all(s is not None and s >= 0xA000 for s in results), [hex(s or 0) for s in results]
+    assert results[0] in (statuses.CANNOT_UNDERSTAND, statuses.MISSING_ATTRIBUTE)
+    assert echoscu(listener.port).returncode == 0
+    good = copy_with_new_identity(ct_files[1], tmp_path / "good.dcm")
+    assert send_files(listener.port, [good]) == [statuses.SUCCESS]
+    with sessions() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 1
+    assert len(_files_under(listener.store.root)) == 1
+
+
+@pytest.mark.parametrize("crafted", ["../../../escaped", "1.2.3/../../../escaped", "/tmp/escaped", "1.2..3"])
+def test_uid_with_path_characters_cannot_write_outside_the_root(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path],
+    crafted: str,
+) -> None:
+    listener = listener_factory(sessions)
+    ds = pydicom.dcmread(ct_files[0])
+    ds.SOPInstanceUID = crafted
+    ds.StudyInstanceUID = crafted
+    ds.SeriesInstanceUID = crafted
+    hostile = write_raw_instance(tmp_path / "hostile.dcm", crafted, _body_of(ds))
+    assert send_files(listener.port, [hostile]) == [statuses.INVALID_UID]
+    assert _files_under(listener.store.root) == []
+    assert not list(tmp_path.parent.rglob("escaped*"))
+    assert not Path("/tmp/escaped").exists()
+    with sessions() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 0
+
+
+def test_request_and_data_set_disagreeing_is_refused(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path],
+) -> None:
+    listener = listener_factory(sessions)
+    ds = pydicom.dcmread(copy_with_new_identity(ct_files[0], tmp_path / "a.dcm"))
+    lying = write_raw_instance(tmp_path / "lying.dcm", new_uid(), _body_of(ds))
+    assert send_files(listener.port, [lying]) == [statuses.DATASET_MISMATCH]
+    assert _files_under(listener.store.root) == []
+
+
+def test_database_unavailable_answers_out_of_resources_and_leaves_no_file(
+    listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path],
+) -> None:
+    # a PostgreSQL URL on a loopback port where nothing listens: every connection fails
+    dead = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none",
+                       connect_args={"connect_timeout": 2})
+    listener = listener_factory(make_sessionmaker(dead))
+    instance = copy_with_new_identity(ct_files[0], tmp_path / "one.dcm")
+    assert send_files(listener.port, [instance]) == [statuses.OUT_OF_RESOURCES]
+    assert _files_under(listener.store.root) == []
