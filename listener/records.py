@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import case, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -30,17 +30,43 @@ class InstanceMeta:
 class Recorded:
     instance_id: int
     reopened: bool  # the study had been completed and is receiving again
+    study_id: int
+    series_id: int
 
 
-def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
-    return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+def find_instance_path(session: Session, sop_instance_uid: str) -> str | None:
+    """Storage path of an already recorded instance, or None."""
+    return session.execute(
+        select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid)
+    ).scalar_one_or_none()
 
 
 def _insert_ignore(session: Session, table: object, values: dict[str, object], key: str) -> None:
     """INSERT ... ON CONFLICT DO NOTHING on either back end (concurrent associations, one study)."""
     dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=[key]))  # type: ignore[arg-type]
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert_(table).values(**values).on_conflict_do_nothing(index_elements=[key]))  # type: ignore[arg-type]
+
+
+def hierarchy_ids(session: Session, meta: InstanceMeta, now: datetime) -> tuple[int, int]:
+    """(study id, series id) of the instance, creating the rows on first sight."""
+    _insert_ignore(
+        session,
+        Study,
+        {"study_uid": meta.study_uid, "state": StudyState.receiving, "opened_at": now,
+         "last_instance_at": now, "completions": 0, "instance_count": 0, "created_at": now},
+        "study_uid",
+    )
+    study_id = session.execute(select(Study.id).where(Study.study_uid == meta.study_uid)).scalar_one()
+    _insert_ignore(
+        session,
+        Series,
+        {"study_id": study_id, "series_uid": meta.series_uid, "modality": meta.modality,
+         "series_number": meta.series_number, "instance_count": 0, "created_at": now},
+        "series_uid",
+    )
+    series_id = session.execute(select(Series.id).where(Series.series_uid == meta.series_uid)).scalar_one()
+    return study_id, series_id
 
 
 def record_instance(
@@ -51,54 +77,47 @@ def record_instance(
     size_bytes: int,
     calling_ae: str,
     now: datetime,
+    ids: tuple[int, int] | None = None,
 ) -> Recorded:
     """Add the instance and restart its study's quiet period; the caller commits.
 
-    A study that was already complete goes back to ``receiving`` (with a new ``opened_at``) so it
-    is completed, and analysed, again after the next quiet period.
+    ``ids`` are the (study, series) row ids when the caller already knows them (the listener keeps
+    them for series it has seen), which saves four statements per instance on the hot path. A study
+    that was already complete goes back to ``receiving`` with a new ``opened_at``, so it is completed,
+    and analysed, again after the next quiet period.
     """
-    _insert_ignore(
-        session,
-        Study,
-        {"study_uid": meta.study_uid, "state": StudyState.receiving, "opened_at": now,
-         "last_instance_at": now, "completions": 0, "instance_count": 0, "created_at": now},
-        "study_uid",
-    )
-    study_id, state = session.execute(
-        select(Study.id, Study.state).where(Study.study_uid == meta.study_uid)
-    ).one()
+    study_id, series_id = ids if ids is not None else hierarchy_ids(session, meta, now)
+    reopened = session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.state == StudyState.complete)
+        .values(state=StudyState.receiving, opened_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
     session.execute(
         update(Study)
         .where(Study.id == study_id)
-        .values(
-            last_instance_at=now,
-            instance_count=Study.instance_count + 1,
-            opened_at=case((Study.state == StudyState.complete, now), else_=Study.opened_at),
-            state=StudyState.receiving,
-        )
+        .values(last_instance_at=now, instance_count=Study.instance_count + 1)
+        .execution_options(synchronize_session=False)
     )
-    _insert_ignore(
-        session,
-        Series,
-        {"study_id": study_id, "series_uid": meta.series_uid, "modality": meta.modality,
-         "series_number": meta.series_number, "instance_count": 0, "created_at": now},
-        "series_uid",
-    )
-    series_id = session.scalar(select(Series.id).where(Series.series_uid == meta.series_uid))
     session.execute(
-        update(Series).where(Series.id == series_id).values(instance_count=Series.instance_count + 1)
+        update(Series)
+        .where(Series.id == series_id)
+        .values(instance_count=Series.instance_count + 1)
+        .execution_options(synchronize_session=False)
     )
-    instance = Instance(
-        series_id=series_id,
-        sop_instance_uid=meta.sop_instance_uid,
-        sop_class_uid=meta.sop_class_uid,
-        transfer_syntax_uid=meta.transfer_syntax_uid,
-        instance_number=meta.instance_number,
-        path=path,
-        size_bytes=size_bytes,
-        calling_ae=calling_ae,
-        received_at=now,
-    )
-    session.add(instance)
-    session.flush()
-    return Recorded(instance_id=instance.id, reopened=state == StudyState.complete)
+    instance_id = session.execute(
+        insert(Instance)
+        .values(
+            series_id=series_id,
+            sop_instance_uid=meta.sop_instance_uid,
+            sop_class_uid=meta.sop_class_uid,
+            transfer_syntax_uid=meta.transfer_syntax_uid,
+            instance_number=meta.instance_number,
+            path=path,
+            size_bytes=size_bytes,
+            calling_ae=calling_ae,
+            received_at=now,
+        )
+        .returning(Instance.id)
+    ).scalar_one()
+    return Recorded(instance_id=instance_id, reopened=reopened, study_id=study_id, series_id=series_id)

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import utcnow
 from listener import statuses
-from listener.records import InstanceMeta, find_instance, record_instance
+from listener.records import InstanceMeta, find_instance_path, record_instance
 from listener.storage import InstanceStore
 from listener.uids import InvalidUID, check_uid
 from ops.logs import event
@@ -55,6 +55,16 @@ _META_TAGS = [
     "SeriesNumber",
     "InstanceNumber",
 ]
+
+
+_KNOWN_SERIES_MAX = 4096
+
+
+def _rollback_quietly(session: Session) -> None:
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        pass  # the connection is gone; the transaction died with it
 
 
 class CorruptDataset(ValueError):
@@ -183,6 +193,8 @@ class Listener:
         self._allowed_networks = [ipaddress.ip_network(h, strict=False) for h in allowed_hosts]
         self._ssl_context = ssl_context
         self._server: _AccessControlledServer | None = None
+        self._known_series: dict[str, tuple[int, int]] = {}
+        self._known_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
         # pynetdicom streams each received dataset into a temporary file; keeping those files on
@@ -292,30 +304,32 @@ class Listener:
 
         try:
             with self._sessions() as session:
-                existing = find_instance(session, meta.sop_instance_uid)
-                if existing is not None and self.store.exists(existing.path):
+                existing = find_instance_path(session, meta.sop_instance_uid)
+                if existing is not None and self.store.exists(existing):
                     event(log, "listener.store.duplicate", sop_instance_uid=sop_uid, calling_ae=calling_ae)
                     return statuses.SUCCESS
                 size = self.store.place(tmp_file, rel)
-                if existing is not None:  # row without file (restored from a backup?): file healed
+                if existing is not None:  # row without its file (a crash between commit and Success)
                     event(log, "listener.store.healed", logging.WARNING, sop_instance_uid=sop_uid)
                     return statuses.SUCCESS
                 try:
                     recorded = record_instance(session, meta, path=rel.as_posix(), size_bytes=size,
-                                               calling_ae=calling_ae, now=utcnow())
+                                               calling_ae=calling_ae, now=utcnow(),
+                                               ids=self._known_series.get(meta.series_uid))
                     session.commit()
                 except IntegrityError:
                     # Another association stored the same instance a moment ago: that row now
                     # points at this very path, so the file stays.
                     session.rollback()
-                    if find_instance(session, meta.sop_instance_uid) is None:
+                    if find_instance_path(session, meta.sop_instance_uid) is None:
                         raise
                     event(log, "listener.store.duplicate", sop_instance_uid=sop_uid, calling_ae=calling_ae)
                     return statuses.SUCCESS
                 except BaseException:
-                    session.rollback()
+                    _rollback_quietly(session)
                     self.store.remove(rel)
                     raise
+            self._remember_series(meta.series_uid, (recorded.study_id, recorded.series_id))
         except SQLAlchemyError as exc:
             event(log, "listener.store.db_error", logging.ERROR, sop_instance_uid=sop_uid,
                   error=type(exc).__name__, hint="check the database; the sender should retry")
@@ -331,6 +345,13 @@ class Listener:
               modality=meta.modality, transfer_syntax=transfer_syntax, bytes=size, calling_ae=calling_ae,
               ms=round((time.perf_counter() - started) * 1000, 2))
         return statuses.SUCCESS
+
+    def _remember_series(self, series_uid: str, ids: tuple[int, int]) -> None:
+        """Row ids of recently seen series, so the next instance skips the hierarchy look-ups."""
+        with self._known_lock:
+            if series_uid not in self._known_series and len(self._known_series) >= _KNOWN_SERIES_MAX:
+                self._known_series.pop(next(iter(self._known_series)))
+            self._known_series[series_uid] = ids
 
     def _refuse(self, status: int, reason: str, calling_ae: str) -> int:
         event(log, "listener.store.refused", logging.WARNING, status=f"0x{status:04X}",

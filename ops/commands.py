@@ -22,6 +22,12 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return run_listener(_settings(args), grace_seconds=args.grace)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from listener.service import run_listener
+
+    return run_listener(_settings(args), grace_seconds=args.grace)
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from db.migrate import current_revision, upgrade
     from db.session import make_engine
@@ -63,6 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     listen.add_argument("--grace", type=float, default=30.0,
                         help="seconds running associations get to finish on SIGTERM (default 30)")
     listen.set_defaults(func=cmd_listen)
+
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the whole node in one process with embedded defaults (what the README starts)",
+        description="Everything a small site needs in one process: the DICOM listener and study "
+        "completion. With no settings it uses SQLite under ./triage-data and listens on "
+        "127.0.0.1:11112 as TRIAGE. SIGTERM drains running associations and stops.",
+    )
+    serve.add_argument("--grace", type=float, default=30.0,
+                       help="seconds running associations get to finish on SIGTERM (default 30)")
+    serve.set_defaults(func=cmd_serve)
 
     db = subparsers.add_parser("db", help="database migrations")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")

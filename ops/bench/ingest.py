@@ -1,0 +1,140 @@
+"""``triage bench ingest``: C-STORE throughput of the listener beside dcmtk's storescp.
+
+Both receivers get the same N instances from the same dcmtk ``storescu`` on loopback, alternately
+(storescp, listener, storescp, listener) so that disk cache and CPU frequency treat them alike; the
+table reports each round and the ratio of the medians. The listener keeps its durability rule (fsync of
+file and directory, committed row before Success); storescp writes its files without fsync, so the
+ratio is the price of never losing an acknowledged image.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ops.bench.series import build_ct_series
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk leaves Nagle on otherwise
+DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+def _send(port: int, called: str, folder: Path) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(
+        ["storescu", "-aet", "BENCH", "-aec", called, "+sd", "-R", "127.0.0.1", str(port), str(folder)],
+        capture_output=True, text=True, env=DCMTK_ENV, timeout=3600,
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu to {called} failed ({result.returncode}): {result.stderr[-500:]}")
+    return elapsed
+
+
+def _stored_rows(database: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(database) as conn:
+        return int(conn.execute("SELECT count(*) FROM instances").fetchone()[0])
+
+
+def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep: bool = False,
+                         rounds: int = 2) -> int:
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            print(f"triage bench ingest: {tool} not found: apt-get install dcmtk", file=sys.stderr)
+            return 2
+    data = Path(shared_data) if shared_data else Path(os.environ.get("TRIAGE_SHARED_DATA", DEFAULT_SHARED))
+    sources = sorted((data / "dicom" / "ct-covid19-ny-sbu").rglob("axial/*.dcm"))
+    sources = [p for p in sources if p.stat().st_size < 600_000]  # the 512x512 16-bit slices
+    if not sources:
+        print(f"triage bench ingest: no NY-SBU axial slices under {data}: pass --data", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="triage-bench-ingest-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        print(f"building {count} CT instances from {len(sources)} real NY-SBU slices ...", flush=True)
+        files = build_ct_series(sources, work / "study", count)
+        megabytes = sum(p.stat().st_size for p in files) / 1e6
+
+        scp_port, node_port, fast_port = _free_port(), _free_port(), _free_port()
+        scp_dir = work / "storescp"
+        scp_dir.mkdir()
+        processes.append(subprocess.Popen(
+            ["storescp", "-aet", "STORESCP", "-od", str(scp_dir),
+             str(scp_port)],
+            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        node_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
+        node_env.update({"TRIAGE_DATA_DIR": str(work / "node"), "TRIAGE_PORT": str(node_port),
+                         "TRIAGE_QUIET_SECONDS": "3600", "TRIAGE_COMPLETION_CEILING_SECONDS": "3600",
+                         "TRIAGE_LOG_LEVEL": "WARNING"})
+        processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "listen"], env=node_env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # the same listener with SQLite commits not fsynced (files still are): the price of FULL
+        fast_env = {**node_env, "TRIAGE_DATA_DIR": str(work / "node-normal"), "TRIAGE_PORT": str(fast_port),
+                    "TRIAGE_DURABLE_COMMIT": "false"}
+        processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "listen"], env=fast_env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in (scp_port, node_port, fast_port):
+            _wait_port(port)
+
+        receivers = (("storescp", scp_port, "STORESCP"), ("listener", node_port, "TRIAGE"),
+                     ("listener, sqlite synchronous=NORMAL", fast_port, "TRIAGE"))
+        timings: dict[str, list[float]] = {name: [] for name, _, _ in receivers}
+        for round_ in range(rounds):
+            for name, port, called in receivers:
+                if round_ > 0:  # resend into fresh folders: new UIDs, so nothing is a duplicate
+                    files = build_ct_series(sources, work / f"study{round_}{name}", count)
+                timings[name].append(_send(port, called, files[0].parent))
+                print(f"  round {round_ + 1} {name:36} {timings[name][-1]:7.2f} s", flush=True)
+        stored = _stored_rows(work / "node" / "triage.db")
+        expected = count * rounds
+        rows = []
+        for name, values in timings.items():
+            median = statistics.median(values)
+            rows.append((name, count, median, count / median, megabytes / median))
+        print()
+        print(f"C-STORE of {count} CT instances (512x512, 16-bit, {megabytes / count:.2f} MB each), "
+              f"dcmtk storescu -> loopback, median of {rounds} rounds")
+        print(f"{'receiver':36} {'instances':>9} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'ratio':>6}")
+        for name, n, seconds, ips, mbps in rows:
+            print(f"{name:36} {n:9d} {seconds:8.2f} {ips:8.1f} {mbps:8.1f} {ips / rows[0][3]:5.2f}x")
+        print("ratio = inst/s over storescp's (target >= 0.80x). The listener fsyncs file and directory and "
+              "commits the row (SQLite synchronous=FULL by default) before each Success; storescp fsyncs nothing.")
+        print(f"listener rows recorded: {stored} of {expected}")
+        return 0 if stored == expected else 1
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
