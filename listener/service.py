@@ -64,15 +64,3 @@ def wait_for_signal() -> None:
     signal.signal(signal.SIGINT, _handler)
     while not stop.wait(1.0):
         pass
-
-
-def run_listener(settings: Settings, grace_seconds: float = 30.0) -> int:
-    listener, sweeper = build_listener(settings)
-    listener.start()
-    sweeper.start()
-    try:
-        wait_for_signal()
-    finally:
-        listener.stop(grace_seconds)
-        sweeper.stop()
-    return 0

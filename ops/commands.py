@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from ops.config import Settings, load_settings
@@ -17,15 +18,40 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from listener.service import run_listener
+    from ops.node import run_node
 
-    return run_listener(_settings(args), grace_seconds=args.grace)
+    return run_node(_settings(args), with_worker=False, grace_seconds=args.grace)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from listener.service import run_listener
+    from ops.node import run_node
 
-    return run_listener(_settings(args), grace_seconds=args.grace)
+    settings = _settings(args)
+    if args.config is not None:  # the worker child reads the same file
+        os.environ["TRIAGE_CONFIG"] = str(args.config.resolve())
+    return run_node(settings, with_worker=True, grace_seconds=args.grace)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import socket
+
+    from db.migrate import upgrade
+    from db.session import make_engine
+    from workers.celery_app import QUEUE, make_celery
+
+    settings = _settings(args)
+    if args.config is not None:  # prefork children build their context from the environment
+        os.environ["TRIAGE_CONFIG"] = str(args.config.resolve())
+    upgrade(make_engine(settings.resolved_database_url, durable=settings.durable_commit))
+    app = make_celery(settings)
+    app.set_default()
+    app.worker_main([
+        "worker", "--loglevel", settings.log_level, "--pool", args.pool,
+        "--concurrency", str(settings.worker_concurrency), "--queues", QUEUE,
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--hostname", f"triage-{os.getpid()}@{socket.gethostname()}",
+    ])
+    return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -74,12 +100,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "serve",
         help="run the whole node in one process with embedded defaults (what the README starts)",
         description="Everything a small site needs in one process: the DICOM listener and study "
-        "completion. With no settings it uses SQLite under ./triage-data and listens on "
-        "127.0.0.1:11112 as TRIAGE. SIGTERM drains running associations and stops.",
+        "completion, the outbox dispatcher and an analysis worker (a supervised child process). With no "
+        "settings it uses SQLite under ./triage-data (database and queue) and listens on 127.0.0.1:11112 "
+        "as TRIAGE. SIGTERM drains running associations and the running job, then stops.",
     )
     serve.add_argument("--grace", type=float, default=30.0,
                        help="seconds running associations get to finish on SIGTERM (default 30)")
     serve.set_defaults(func=cmd_serve)
+
+    worker = subparsers.add_parser(
+        "worker",
+        help="run an analysis and export worker (Celery) alone, for production",
+        description="Consume analysis and export jobs from TRIAGE_BROKER_URL (Redis in production; the "
+        "embedded SQLite broker under TRIAGE_DATA_DIR otherwise): select the series, run the model, write "
+        "the SR and SC objects and send them to TRIAGE_DESTINATIONS. SIGTERM finishes the running job.",
+    )
+    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
+                        help="Celery pool (prefork: a killed job process is redelivered at once)")
+    worker.set_defaults(func=cmd_worker)
 
     db = subparsers.add_parser("db", help="database migrations")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")

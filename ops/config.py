@@ -141,11 +141,31 @@ class Settings(BaseSettings):
         description="SQLite: fsync every commit (synchronous=FULL). Turn off only for throwaway nodes.",
     )
 
+    # workers and export
+    destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Where results are sent by C-STORE: AE@host:port, comma separated (empty: none).",
+    )
+    export_retry_base_seconds: float = Field(
+        default=10.0, gt=0, description="First retry delay of a failed export, s (doubles each time)."
+    )
+    export_retry_max_seconds: float = Field(default=600.0, gt=0, description="Longest delay between retries, s.")
+    export_max_attempts: int = Field(
+        default=200, ge=1, description="Attempts before an export is marked failed (about a day by default)."
+    )
+    job_visibility_timeout: int = Field(
+        default=3600,
+        ge=60,
+        description="Seconds before the broker redelivers an unacknowledged job (longer than the longest job).",
+    )
+    worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs one worker runs at once.")
+    key_slices: int = Field(default=3, ge=1, le=20, description="Key slices per CT study given heatmaps.")
+
     # logging
     log_format: Literal["json", "kv"] = Field(default="json", description="One line per event: json or kv.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
-    @field_validator("allowed_aes", "allowed_hosts", mode="before")
+    @field_validator("allowed_aes", "allowed_hosts", "destinations", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
@@ -174,6 +194,13 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(value, strict=False)
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
+        return values
+
+    @field_validator("destinations")
+    @classmethod
+    def _destinations(cls, values: list[str]) -> list[str]:
+        for value in values:
+            parse_destination(value)
         return values
 
     @model_validator(mode="after")
@@ -209,6 +236,29 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'triage.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        """Redis in production; else kombu's SQLAlchemy transport on SQLite: durable, no server."""
+        if self.broker_url:
+            return self.broker_url
+        return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def results_dir(self) -> Path:
+        """The DICOM objects the workers write (SR, SC) before and after export."""
+        return self.data_dir / "results"
+
+
+_DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@\[\]]+):(?P<port>[0-9]{1,5})$")
+
+
+def parse_destination(value: str) -> tuple[str, str, int]:
+    """``AE@host:port`` -> (AE title, host, port), or ValueError saying what is wrong."""
+    match = _DESTINATION.match(value.strip())
+    if not match or not _AE_TITLE.match(match["ae"]) or not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"{value!r} is not AE@host:port (e.g. PACS@10.0.0.5:104)")
+    return match["ae"], match["host"].strip("[]"), int(match["port"])
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

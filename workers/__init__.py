@@ -1,0 +1,1 @@
+"""The Celery pipeline: from a complete study to results in the PACS."""
