@@ -84,6 +84,12 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     return run_ingest_benchmark(count=args.count, shared_data=args.data, keep=args.keep)
 
 
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from ops.bench.pipeline import run_pipeline_benchmark
+
+    return run_pipeline_benchmark(slices=args.slices, shared_data=args.data)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     listen = subparsers.add_parser(
         "listen",
@@ -144,3 +150,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ingest.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
     ingest.add_argument("--keep", action="store_true", help="keep the temporary folders")
     ingest.set_defaults(func=cmd_bench_ingest)
+    pipeline = bench_sub.add_parser(
+        "pipeline",
+        help="latency from the last C-STORE to the SR in the PACS (Orthanc), per stage",
+        description="Start 'triage serve' and Orthanc on loopback, send a CT study (real NY-SBU slices, "
+        "new UIDs) and the real CR, and time each until the SR is stored in Orthanc, minus the quiet period, "
+        "with the time of every stage (select, decode, preprocess, infer, explain, build, export).",
+    )
+    pipeline.add_argument("--slices", type=int, default=100)
+    pipeline.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
+    pipeline.set_defaults(func=cmd_bench_pipeline)

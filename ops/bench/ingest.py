@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,26 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from ops.bench.net import free_port, wait_port
 from ops.bench.series import build_ct_series
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk leaves Nagle on otherwise
 DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
 
 
 def _send(port: int, called: str, folder: Path) -> float:
@@ -80,7 +64,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         files = build_ct_series(sources, work / "study", count)
         megabytes = sum(p.stat().st_size for p in files) / 1e6
 
-        scp_port, node_port, fast_port = _free_port(), _free_port(), _free_port()
+        scp_port, node_port, fast_port = free_port(), free_port(), free_port()
         scp_dir = work / "storescp"
         scp_dir.mkdir()
         processes.append(subprocess.Popen(
@@ -99,7 +83,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "listen"], env=fast_env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in (scp_port, node_port, fast_port):
-            _wait_port(port)
+            wait_port(port)
 
         receivers = (("storescp", scp_port, "STORESCP"), ("listener", node_port, "TRIAGE"),
                      ("listener, sqlite synchronous=NORMAL", fast_port, "TRIAGE"))
