@@ -13,7 +13,7 @@ from typing import Any
 from celery import Task, shared_task
 from sqlalchemy import update
 
-from db.models import Export, ExportAttempt, ExportState, Result, utcnow
+from db.models import Export, ExportAttempt, ExportState, utcnow
 from ops.logs import event
 from workers.analysis import mark_failed
 from workers.celery_app import ANALYSE_TASK, EXPORT_TASK
