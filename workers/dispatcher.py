@@ -23,7 +23,7 @@ log = logging.getLogger("triage.workers.dispatcher")
 
 # outbox topic -> (task name, the payload key passed as its argument)
 _TASKS = {ANALYSE_TOPIC: (ANALYSE_TASK, "job_id"), EXPORT_TOPIC: (EXPORT_TASK, "export_id")}
-_MAX_BACKOFF_S = 60.0
+_MAX_BACKOFF_S = 15.0
 
 
 class BrokerUnavailable(RuntimeError):
