@@ -2,23 +2,28 @@
 
 The C-STORE path (see DESIGN.md, listener/):
 
-1. pynetdicom streams the received dataset to a temporary file under ``<storage>/tmp`` (its
-   ``STORE_RECV_CHUNKED_DATASET`` option), so large instances never sit whole in memory and the
-   dataset is never decoded and re-encoded: what is stored is byte for byte what was sent.
-2. The identifying attributes are read from that file and every UID is checked.
-3. The file is fsynced and renamed to ``<storage>/<study>/<series>/<instance>.dcm``, the directory
-   fsynced; then the database row is committed. Only then is Success answered. If the commit fails
-   the file is removed again and the sender gets 0xA700 (retry later).
+1. The received data set is taken as pynetdicom received it (``encoded_dataset``), never decoded and
+   re-encoded: what is stored is byte for byte what was sent, behind the node's own file meta.
+2. The identifying attributes are parsed from those bytes and every UID is checked; a refused
+   instance never touches the disk.
+3. The bytes are written to ``<storage>/tmp``, fsynced and renamed to
+   ``<storage>/<study>/<series>/<instance>.dcm``, the directory fsynced; then the database row is
+   committed. Only then is Success answered. A full disk (ENOSPC) or a failed commit removes what
+   was written and answers 0xA700 (retry later).
+
+pynetdicom's option to stream data sets to temporary files (``STORE_RECV_CHUNKED_DATASET``) is
+deliberately not used: it writes before the handler runs, so a full disk would abort the association
+instead of answering 0xA700, and the file would be written twice.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import ipaddress
 import logging
 import os
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -29,7 +34,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
 from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -92,16 +97,16 @@ def storage_contexts() -> list[PresentationContext]:
     return contexts
 
 
-def read_instance_meta(path: Path, transfer_syntax: str) -> InstanceMeta:
+def read_instance_meta(encoded: bytes, transfer_syntax: str) -> InstanceMeta:
     """Parse the received file far enough to know what it is and check its UIDs.
 
     The whole element structure is parsed (large values are skipped by seeking), so a truncated or
     garbled dataset is refused here instead of being acknowledged and failing later.
     """
     try:
-        ds = pydicom.dcmread(path, defer_size=4096)
+        ds = pydicom.dcmread(io.BytesIO(encoded), defer_size=4096)
         if transfer_syntax != DeflatedExplicitVRLittleEndian:  # offsets of a deflated set are inflated ones
-            _check_value_lengths(ds, path.stat().st_size)
+            _check_value_lengths(ds, len(encoded))
         values = {tag: ds.get(tag) for tag in _META_TAGS}
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError,
             AttributeError, IndexError, OverflowError, UnicodeError) as exc:
@@ -199,10 +204,6 @@ class Listener:
 
         # pynetdicom streams each received dataset into a temporary file; keeping those files on
         # the storage file system lets the listener rename them into place instead of copying.
-        # One listener per process: the temporary folder is process-wide (restored by stop()).
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        self._previous_tempdir = tempfile.tempdir
-        tempfile.tempdir = str(store.tmp_dir)
 
         ae = AE(ae_title=ae_title)
         ae.supported_contexts = storage_contexts()
@@ -256,7 +257,6 @@ class Listener:
         for assoc in left:
             assoc.abort()
         self._server = None
-        tempfile.tempdir = self._previous_tempdir
         event(log, "listener.stopped", aborted_associations=len(left))
 
     # event handlers -------------------------------------------------------------------------
@@ -278,19 +278,15 @@ class Listener:
         started = time.perf_counter()
         request = event_.request
         calling_ae = str(event_.assoc.requestor.ae_title).strip()
-        tmp_file = Path(event_.dataset_path)
         transfer_syntax = str(event_.context.transfer_syntax)
-        try:
-            status = self._store(tmp_file, request, transfer_syntax, calling_ae, started)
-        finally:
-            tmp_file.unlink(missing_ok=True)  # still there only when the instance was refused
-        return status
+        return self._store(event_.encoded_dataset(include_meta=True), request, transfer_syntax, calling_ae,
+                           started)
 
-    def _store(self, tmp_file: Path, request: Any, transfer_syntax: str, calling_ae: str,
+    def _store(self, encoded: bytes, request: Any, transfer_syntax: str, calling_ae: str,
                started: float) -> int:
         try:
             sop_uid = check_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
-            meta = read_instance_meta(tmp_file, transfer_syntax)
+            meta = read_instance_meta(encoded, transfer_syntax)
         except InvalidUID as exc:
             return self._refuse(statuses.INVALID_UID, str(exc), calling_ae)
         except KeyError as exc:
@@ -308,7 +304,7 @@ class Listener:
                 if existing is not None and self.store.exists(existing):
                     event(log, "listener.store.duplicate", sop_instance_uid=sop_uid, calling_ae=calling_ae)
                     return statuses.SUCCESS
-                size = self.store.place(tmp_file, rel)
+                size = self.store.write(encoded, rel)
                 if existing is not None:  # row without its file (a crash between commit and Success)
                     event(log, "listener.store.healed", logging.WARNING, sop_instance_uid=sop_uid)
                     return statuses.SUCCESS

@@ -1,16 +1,14 @@
 """Durable file placement under the storage root: fsync, atomic rename, fsync of the directory.
 
-A received dataset is first written to a temporary file under ``<root>/tmp`` (pynetdicom streams it
-there), so the final name appears only once the whole file is on disk: a crash leaves at most a
-temporary file, which :meth:`InstanceStore.clean_tmp` removes at the next start.
+A received data set is first written to a temporary file under ``<root>/tmp``, so the final name
+appears only once the whole file is on disk: a crash leaves at most a temporary file, which
+:meth:`InstanceStore.clean_tmp` removes at the next start.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
-import threading
+import uuid
 from pathlib import Path
 
 from listener.uids import check_uid
@@ -46,40 +44,28 @@ class InstanceStore:
     def exists(self, rel: Path | str) -> bool:
         return self.absolute(rel).is_file()
 
-    def place(self, tmp_file: Path, rel: Path) -> int:
-        """Make ``tmp_file`` durable and move it to ``rel`` atomically; return its size in bytes.
+    def write(self, data: bytes, rel: Path) -> int:
+        """Write ``data`` durably at ``rel``; return its size. Nothing is left behind on failure.
 
-        ``tmp_file`` must be on the same file system (it lives under ``<root>/tmp``). An existing
-        file at ``rel`` is replaced atomically, never left half-written.
+        The bytes go to a unique temporary file, are fsynced, and only then renamed over ``rel``
+        (atomic: a reader sees the old file or the new one, never a half); the directory is fsynced
+        so the rename itself survives a power cut. ENOSPC and other OS errors propagate after the
+        temporary file is removed.
         """
-        fd = os.open(tmp_file, os.O_RDONLY)
+        tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
-            os.fsync(fd)
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        final = self.root / rel
-        self._make_dirs(final.parent)
-        try:
-            os.replace(tmp_file, final)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            self._copy_across_devices(tmp_file, final)
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            final = self.root / rel
+            self._make_dirs(final.parent)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(final.parent)
-        return size
-
-    def _copy_across_devices(self, source: Path, final: Path) -> None:
-        """The temporary file lives on another file system: copy it next to ``final`` first."""
-        staging = self.tmp_dir / f"{final.name}.{os.getpid()}.{threading.get_ident()}.part"
-        try:
-            with open(source, "rb") as src, open(staging, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(staging, final)
-        finally:
-            staging.unlink(missing_ok=True)
+        return len(data)
 
     def remove(self, rel: Path | str) -> None:
         """Remove a placed file (its database row could not be committed)."""

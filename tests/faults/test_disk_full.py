@@ -1,0 +1,61 @@
+"""A full storage disk answers 0xA700, leaves no partial file, and recovers when space returns."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Instance
+from listener import statuses
+from ops.bench.series import build_ct_series
+from tests.pynetdicom_scu import send_files
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs as the storage root (root only; skipped elsewhere)."""
+    mount_point = tmp_path / "storage"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_disk_full_answers_out_of_resources_and_recovers(
+    small_disk: Path, sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path,
+    axial_ct_files: list[Path],
+) -> None:
+    files = build_ct_series(axial_ct_files, tmp_path / "study", 10)  # ~5.3 MB in all
+    listener = listener_factory(sessions)
+    assert listener.store.root == small_disk.resolve()
+    results = send_files(listener.port, files)
+    accepted = [f for f, s in zip(files, results, strict=True) if s == statuses.SUCCESS]
+    refused = [s for s in results if s != statuses.SUCCESS]
+    assert accepted and refused, results
+    assert set(refused) == {statuses.OUT_OF_RESOURCES}
+    # no partial file: every file under the root is a recorded, complete instance
+    stored = [p for p in small_disk.rglob("*.dcm")]
+    assert not any((small_disk / "tmp").iterdir())
+    with sessions() as session:
+        assert session.scalar(select(func.count(Instance.id))) == len(accepted) == len(stored)
+        sizes = dict(session.execute(select(Instance.path, Instance.size_bytes)).all())
+    assert all(p.stat().st_size == sizes[str(p.relative_to(small_disk))] for p in stored)
+
+    # space returns: the sender's retry completes the study
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    assert set(send_files(listener.port, files)) == {statuses.SUCCESS}
+    with sessions() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 10
