@@ -1,0 +1,205 @@
+"""Evaluation report of a trained model on the val or test split.
+
+Writes to the report folder: ``metrics.json``, ``scores.csv`` (one row per image), ``report.md``
+(metrics with bootstrap 95 % CIs beside the paper's numbers, the 0.1..0.9 threshold table,
+per-source results for CXR) and PNGs (ROC, precision-recall, confusion matrix, score histograms
+per class) drawn with matplotlib's Agg backend. The threshold is the one in the model card (chosen
+on val); evaluating ``test`` also records the test metrics in the card. Run the test split once per
+final model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import data as D
+from engine.metrics import binary_metrics, bootstrap_ci, roc_auc, threshold_table
+from engine.weights import load_weights, weights_dir, write_card
+
+__all__ = ["PAPER_RESULTS", "evaluate_model", "evaluate_scores", "write_plots"]
+
+#: Numbers reported by the source papers (test split), for side-by-side comparison.
+PAPER_RESULTS: dict[str, dict[str, Any]] = {
+    "deep-ct-net": {"source": "Dialameh et al. 2020, Table V (COVID-CT, official split, test)",
+                    "precision": 0.884, "sensitivity": 0.905, "f1": 0.894, "auc": 0.899,
+                    "baseline": {"name": "COVID-CT baseline in Table V", "f1": 0.853, "auc": 0.824}},
+    "deep-cxr-net": {"source": "Dialameh et al. 2020, Table VI (their CXR collection, not ours)", "auc": 0.983},
+    "ct-net": {"source": "Yazdani et al. 2020 (COVID CT-Net): not comparable here; their numbers are on "
+                         "another CT collection"},
+}
+_CLASS_NAMES = {0: "non-COVID", 1: "COVID"}
+
+
+def evaluate_scores(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int = 1000,
+                    seed: int = 0) -> dict[str, Any]:
+    """Metrics at ``threshold`` and at 0.5, 95 % bootstrap CIs, and the threshold table."""
+    return {"at_threshold": binary_metrics(y, p, threshold),
+            "ci95": {k: list(v) for k, v in bootstrap_ci(y, p, threshold, n_boot=n_boot, seed=seed).items()},
+            "at_0.5": binary_metrics(y, p, 0.5),
+            "threshold_table": threshold_table(y, p)}
+
+
+def write_plots(y: np.ndarray, p: np.ndarray, threshold: float, out: Path, title: str,
+                groups: dict[str, np.ndarray] | None = None) -> list[Path]:
+    """ROC, PR, confusion matrix and per-class histograms as small PNGs; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fpr, tpr, _ = roc_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc(y, p):.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC: {title}")
+    ax.legend(loc="lower right")
+    fig.tight_layout(); fig.savefig(out / "roc.png"); plt.close(fig); paths.append(out / "roc.png")
+
+    prec, rec, _ = precision_recall_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+    ax.plot(rec, prec)
+    ax.axhline(float(np.mean(y)), ls="--", color="grey", lw=0.8)
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=f"PR: {title}", ylim=(0, 1.02))
+    fig.tight_layout(); fig.savefig(out / "pr.png"); plt.close(fig); paths.append(out / "pr.png")
+
+    m = binary_metrics(y, p, threshold)
+    cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=80)
+    ax.imshow(cm, cmap="Blues")
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black", fontsize=12)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["non-COVID", "COVID"], yticklabels=["non-COVID", "COVID"],
+           xlabel="predicted", ylabel="true", title=f"threshold {threshold:.3f}")
+    fig.tight_layout(); fig.savefig(out / "confusion.png"); plt.close(fig); paths.append(out / "confusion.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
+    bins = np.linspace(0, 1, 21)
+    for name, mask in (groups or {_CLASS_NAMES[c]: y == c for c in (0, 1)}).items():
+        if mask.any():
+            ax.hist(p[mask], bins=bins, alpha=0.5, label=f"{name} (n={int(mask.sum())})")
+    ax.axvline(threshold, color="k", ls="--", lw=0.8)
+    ax.set(xlabel="COVID probability", ylabel="images", title=f"scores per class: {title}")
+    ax.legend(fontsize=8)
+    fig.tight_layout(); fig.savefig(out / "histogram.png"); plt.close(fig); paths.append(out / "histogram.png")
+    return paths
+
+
+def _per_source(samples: list[D.Sample], y: np.ndarray, p: np.ndarray, thr: float) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    keys = sorted({(s.source, s.finding) for s in samples})
+    for source in sorted({s.source for s in samples}):
+        idx = np.array([s.source == source for s in samples])
+        m = binary_metrics(y[idx], p[idx], thr)
+        out[source] = {"n": int(idx.sum()), "covid": int(y[idx].sum()), "auc": m["auc"],
+                       "sensitivity": m["sensitivity"] if y[idx].sum() else float("nan"),
+                       "specificity": m["specificity"] if (1 - y[idx]).sum() else float("nan")}
+    for source, finding in keys:
+        idx = np.array([(s.source, s.finding) == (source, finding) for s in samples])
+        out[f"{source}/{finding}"] = {"n": int(idx.sum()), "mean_score": float(p[idx].mean()),
+                                      "flagged_covid": float((p[idx] >= thr).mean())}
+    return out
+
+
+def _f(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if np.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _markdown(name: str, split: str, version: str, thr: float, res: dict[str, Any], per_source: dict[str, Any] | None,
+              card: dict[str, Any]) -> str:
+    m, ci = res["at_threshold"], res["ci95"]
+    paper = PAPER_RESULTS.get(name, {})
+    lines = [f"# {name} on the {split} split", "",
+             f"Weights `{version}`; threshold {thr:.4f} ({card.get('threshold', {}).get('how_chosen', 'from card')}); "
+             f"n = {m['n']} ({m['tp'] + m['fn']} COVID). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by "
+             f"`triage evaluate {name} --split {split}`.", "",
+             "| metric | ours | 95 % CI (bootstrap) | at 0.5 | paper |", "|---|---|---|---|---|"]
+    for k in ("sensitivity", "specificity", "precision", "f1", "accuracy", "auc"):
+        lo, hi = ci[k]
+        lines.append(f"| {k} | {_f(m[k])} | {_f(lo)}-{_f(hi)} | {_f(res['at_0.5'][k])} | {_f(paper.get(k, ''))} |")
+    lines.append("")
+    if paper:
+        lines.append(f"Paper: {paper.get('source')}." + (
+            f" Baseline in the same table: F1 {paper['baseline']['f1']}, AUC {paper['baseline']['auc']}."
+            if "baseline" in paper else "") + " Paper sensitivity = its recall.")
+        lines.append("")
+    lines += [f"Confusion at {thr:.4f}: TN {m['tn']}, FP {m['fp']}, FN {m['fn']}, TP {m['tp']}.", "",
+              "## Threshold table", "", "| threshold | sensitivity | specificity | precision | F1 | accuracy |",
+              "|---|---|---|---|---|---|"]
+    for r in res["threshold_table"]:
+        lines.append(f"| {r['threshold']:.1f} | {_f(r['sensitivity'])} | {_f(r['specificity'])} | "
+                     f"{_f(r['precision'])} | {_f(r['f1'])} | {_f(r['accuracy'])} |")
+    if per_source:
+        lines += ["", "## Per source", "", "| source | n | COVID | AUC | sensitivity | specificity |",
+                  "|---|---|---|---|---|---|"]
+        for k, v in per_source.items():
+            if "auc" in v:
+                lines.append(f"| {k} | {v['n']} | {v['covid']} | {_f(v['auc'])} | {_f(v['sensitivity'])} | "
+                             f"{_f(v['specificity'])} |")
+        lines += ["", "| source/finding | n | mean score | flagged COVID |", "|---|---|---|---|"]
+        for k, v in per_source.items():
+            if "mean_score" in v:
+                lines.append(f"| {k} | {v['n']} | {_f(v['mean_score'])} | {_f(v['flagged_covid'])} |")
+    lines += ["", "![ROC](roc.png) ![PR](pr.png) ![confusion](confusion.png) ![histogram](histogram.png)", ""]
+    return "\n".join(lines)
+
+
+def evaluate_model(name: str, split: str = "val", out: Path | None = None, device: str = "cpu",
+                   weights_dir: Path | None = None, n_boot: int = 1000, update_card: bool | None = None) -> str:
+    """Score ``split`` with the saved weights of ``name`` and write the report; returns the Markdown.
+
+    With ``split == "test"`` (and ``update_card`` not False) the test metrics are written into the
+    model card too.
+    """
+    from engine.train import predict_scores
+
+    wdir = weights_dir or globals()["weights_dir"]()
+    loaded = load_weights(name, wdir)
+    size = int(loaded.config.get("image_size", 256))
+    dataset = "cxr" if name == "deep-cxr-net" else "ct"
+    samples = D.load_split(dataset, split, "covid")  # type: ignore[arg-type]
+    x = D.preprocess_samples(samples, size, progress=True)
+    y = np.array([s.label for s in samples], dtype=np.int64)
+    p = predict_scores(loaded.model, x, device=device)
+    thr = float(loaded.card.get("threshold", {}).get("value", 0.5))
+    res = evaluate_scores(y, p, thr, n_boot=n_boot)
+    per_source = _per_source(samples, y, p, thr) if dataset == "cxr" else None
+    out = out or (wdir / "reports" / name / split)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = None
+    if dataset == "cxr":
+        groups = {f: np.array([s.finding == f for s in samples]) for f in ("covid", "pneumonia", "normal")}
+    write_plots(y, p, thr, out, f"{name} {split}", groups)
+    with (out / "scores.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "label", "source", "finding", "score"])
+        for s, sc in zip(samples, p, strict=True):
+            w.writerow([s.path.name, s.label, s.source, s.finding, f"{sc:.6f}"])
+    payload = {"model": name, "version": loaded.version, "split": split, "threshold": thr, **res,
+               "per_source": per_source, "paper": PAPER_RESULTS.get(name)}
+    (out / "metrics.json").write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
+    md = _markdown(name, split, loaded.version, thr, res, per_source, loaded.card)
+    (out / "report.md").write_text(md, encoding="utf-8")
+    if split == "test" and update_card is not False and loaded.card:
+        card = dict(loaded.card)
+        metrics = dict(card.get("metrics", {}))
+        metrics["test"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res["at_threshold"].items()}
+        metrics["test_ci95"] = {k: [round(a, 4), round(b, 4)] for k, (a, b) in res["ci95"].items()}
+        card["metrics"] = metrics
+        card["paper"] = PAPER_RESULTS.get(name)
+        card["test_evaluated_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if per_source:
+            card["per_source_test"] = {k: v for k, v in per_source.items() if "auc" in v}
+        write_card(name, card, wdir)
+    return md

@@ -1,0 +1,98 @@
+"""The triage subcommands of the engine, run as a user would (a subprocess of the real CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _triage(*args: str, weights: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if weights is not None:
+        env["TRIAGE_WEIGHTS_DIR"] = str(weights)
+    return subprocess.run([sys.executable, "-m", "ops.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_the_engine_commands_without_importing_torch() -> None:
+    code = ("import sys, ops.cli\n"
+            "try:\n    ops.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    for command in ("train", "evaluate", "predict", "explain"):
+        assert command in out.stdout
+    assert out.stdout.strip().endswith("False"), "engine.cli must import torch only inside handlers"
+
+
+def test_predict_prints_one_json_line_per_input_with_errors_in_place(tiny_weights: Path, ct_dicom: Path,
+                                                                     ct_images: list[Path], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"garbage")
+    missing = tmp_path / "missing.dcm"
+    inputs = [ct_images[0], junk, ct_dicom, missing]
+    res = _triage("predict", "--model", "ct", "--runtime", "torch", *map(str, inputs), weights=tiny_weights)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert [x["path"] for x in lines] == [str(p) for p in inputs]
+    for ok in (lines[0], lines[2]):
+        assert set(ok) == {"path", "score", "label"}
+        assert 0.0 <= ok["score"] <= 1.0 and ok["label"] in ("covid", "non-covid")
+    for bad in (lines[1], lines[3]):
+        assert set(bad) == {"path", "error"} and bad["path"] in bad["error"]
+
+
+def test_predict_exits_one_when_nothing_could_be_scored(tiny_weights: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"\xff\xd8\xff garbage")
+    res = _triage("predict", "--model", "cxr", str(junk), weights=tiny_weights)
+    assert res.returncode == 1
+    assert "error" in json.loads(res.stdout)
+
+
+def test_predict_without_weights_says_how_to_make_them(tmp_path: Path) -> None:
+    res = _triage("predict", "--model", "ct", "x.png", weights=tmp_path)
+    assert res.returncode == 2
+    assert "deep-ct-net.safetensors" in res.stderr and "triage train deep-ct-net" in res.stderr
+
+
+def test_explain_writes_an_overlay_png(tiny_weights: Path, ct_dicom: Path, tmp_path: Path) -> None:
+    out = tmp_path / "heat.png"
+    res = _triage("explain", "--model", "ct", "--method", "gradcam++", str(ct_dicom), "--out", str(out),
+                  weights=tiny_weights)
+    assert res.returncode == 0, res.stderr
+    with Image.open(out) as im:
+        assert im.mode == "RGB" and im.size == (512, 512)
+    assert json.loads(res.stdout)["method"] == "gradcam++"
+
+
+def test_explain_attention_needs_ct_net(tiny_weights: Path, ct_dicom: Path, tmp_path: Path) -> None:
+    res = _triage("explain", "--model", "ct", "--method", "attention", str(ct_dicom), "--out",
+                  str(tmp_path / "a.png"), weights=tiny_weights)
+    assert res.returncode == 2 and "ct-net" in res.stderr
+    res = _triage("explain", "--model", "ct", "--network", "ct-net", "--method", "attention", str(ct_dicom),
+                  "--out", str(tmp_path / "a.png"), weights=tiny_weights)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("split", ["val"])
+def test_evaluate_writes_report_plots_and_paper_numbers(split: str, tiny_weights: Path, shared_data: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    res = _triage("evaluate", "deep-ct-net", "--split", split, "--out", str(out), "--bootstrap", "100",
+                  weights=tiny_weights, timeout=300)
+    assert res.returncode == 0, res.stderr
+    for name in ("report.md", "metrics.json", "scores.csv", "roc.png", "pr.png", "confusion.png", "histogram.png"):
+        assert (out / name).is_file(), name
+    report = (out / "report.md").read_text()
+    assert "0.894" in report and "0.899" in report, "the paper's Table V numbers must sit beside ours"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["at_threshold"]["n"] == 118
+    assert len(metrics["threshold_table"]) == 9
