@@ -29,12 +29,23 @@ def write_raw_instance(path: Path, sop_instance_uid: str, body: bytes, sop_class
 
 def send_files(port: int, paths: list[Path], calling: str = "RAWSCU", called: str = "TRIAGE",
                sop_class_uid: str = CT_IMAGE_STORAGE) -> list[int | None]:
-    """Send each file as it is on disk, without decoding it; return the statuses (None: no answer)."""
+    """Send each file as it is on disk, without decoding it; return the statuses (None: no answer).
+
+    One presentation context per (SOP class, transfer syntax) found in the files' meta, so a file
+    can be sent under a transfer syntax its bytes do not follow.
+    """
+    from pydicom.filereader import read_file_meta_info
+
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
         ae = AE(ae_title=calling)
-        ae.add_requested_context(sop_class_uid, [EXPLICIT_LE])
+        pairs = {(sop_class_uid, EXPLICIT_LE)}
+        for path in paths:
+            meta = read_file_meta_info(path)
+            pairs.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+        for sop_class, syntax in sorted(pairs):
+            ae.add_requested_context(sop_class, [syntax])
         assoc = ae.associate("127.0.0.1", port, ae_title=called)
         assert assoc.is_established, "association refused"
         statuses: list[int | None] = []
