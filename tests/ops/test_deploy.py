@@ -22,7 +22,9 @@ def _subcommands() -> set[str]:
 def test_compose_services_run_existing_subcommands() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "listener", "orthanc"} <= set(services)
+    assert {"postgres", "redis", "listener", "worker-gpu", "worker-cpu", "orthanc"} <= set(services)
+    gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert services["orthanc"]["profiles"] == ["demo"]
     ours = [name for name, svc in services.items() if svc.get("image") == "covid-triage-node:latest"]
     assert ours, "no service runs the node's image"
