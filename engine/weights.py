@@ -166,7 +166,7 @@ def write_card(name: str, card: dict[str, Any], directory: Path | None = None) -
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f"{v:.3f}"
+        return f"{v:.3g}" if v != 0 and abs(v) < 0.01 else f"{v:.3f}"
     if isinstance(v, dict):
         return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
     if isinstance(v, list | tuple):
@@ -174,24 +174,45 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _table(rows: dict[str, dict[str, Any]] | list[dict[str, Any]]) -> list[str]:
+    items = list(rows.items()) if isinstance(rows, dict) else [("", r) for r in rows]
+    cols: list[str] = []
+    for _, r in items:
+        cols += [c for c in r if c not in cols]
+    lead = ["| |"] if isinstance(rows, dict) else ["|"]
+    out = [lead[0] + " " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + (1 if isinstance(rows, dict) else 0))]
+    for k, r in items:
+        cells = " | ".join(_fmt(r.get(c, "")) for c in cols)
+        out.append(f"| {k} | {cells} |" if isinstance(rows, dict) else f"| {cells} |")
+    return out
+
+
+def _nested(v: Any) -> bool:
+    return isinstance(v, dict) or (isinstance(v, list) and bool(v) and isinstance(v[0], dict))
+
+
+def _section(value: Any, level: int) -> list[str]:
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return _table(value) + [""]
+    if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()) and \
+            all(not _nested(x) for v in value.values() for x in v.values()):
+        return _table(value) + [""]
+    if isinstance(value, dict):
+        lines = [f"- **{k}**: {_fmt(v)}" for k, v in value.items() if not _nested(v)]
+        lines += [""] if lines else []
+        for k, v in value.items():
+            if _nested(v):
+                lines += [f"{'#' * level} {k}", ""] + _section(v, level + 1)
+        return lines
+    return [_fmt(value), ""]
+
+
 def render_card(card: dict[str, Any]) -> str:
-    """Markdown rendering of a card: one section per top-level key, metrics as tables."""
+    """Markdown rendering of a card: one section per top-level key, nested dicts as sub-sections,
+    rows of metrics (and training histories) as tables."""
     lines = [f"# Model card: {card.get('model', '?')}", ""]
     for key, value in card.items():
         if key == "model":
             continue
-        lines.append(f"## {key.replace('_', ' ').capitalize()}")
-        lines.append("")
-        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
-            cols = sorted({c for v in value.values() for c in v})
-            lines.append("| | " + " | ".join(cols) + " |")
-            lines.append("|---" * (len(cols) + 1) + "|")
-            for rk, rv in value.items():
-                lines.append(f"| {rk} | " + " | ".join(_fmt(rv.get(c, "")) for c in cols) + " |")
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                lines.append(f"- **{k}**: {_fmt(v)}")
-        else:
-            lines.append(_fmt(value))
-        lines.append("")
+        lines += [f"## {key.replace('_', ' ').capitalize()}", ""] + _section(value, 3)
     return "\n".join(lines)
