@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import numpy as np
 
 from engine import data as D
 from engine.metrics import binary_metrics, bootstrap_ci, roc_auc, threshold_table
-from engine.weights import load_weights, weights_dir, write_card
+from engine.weights import load_weights, write_card
+from engine.weights import weights_dir as default_weights_dir
 
 __all__ = ["PAPER_RESULTS", "evaluate_model", "evaluate_scores", "write_plots"]
 
@@ -121,9 +122,9 @@ def _markdown(name: str, split: str, version: str, thr: float, res: dict[str, An
     m, ci = res["at_threshold"], res["ci95"]
     paper = PAPER_RESULTS.get(name, {})
     lines = [f"# {name} on the {split} split", "",
-             f"Weights `{version}`; threshold {thr:.4f} ({card.get('threshold', {}).get('how_chosen', 'from card')}); "
-             f"n = {m['n']} ({m['tp'] + m['fn']} COVID). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by "
-             f"`triage evaluate {name} --split {split}`.", "",
+             (f"Weights `{version}`; threshold {thr:.4f} ({card.get('threshold', {}).get('how_chosen', 'from card')}); "
+             f"n = {m['n']} ({m['tp'] + m['fn']} COVID). Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by "
+             f"`triage evaluate {name} --split {split}`."), "",
              "| metric | ours | 95 % CI (bootstrap) | at 0.5 | paper |", "|---|---|---|---|---|"]
     for k in ("sensitivity", "specificity", "precision", "f1", "accuracy", "auc"):
         lo, hi = ci[k]
@@ -164,7 +165,7 @@ def evaluate_model(name: str, split: str = "val", out: Path | None = None, devic
     """
     from engine.train import predict_scores
 
-    wdir = weights_dir or globals()["weights_dir"]()
+    wdir = weights_dir or default_weights_dir()
     loaded = load_weights(name, wdir)
     size = int(loaded.config.get("image_size", 256))
     dataset = "cxr" if name == "deep-cxr-net" else "ct"
@@ -198,7 +199,7 @@ def evaluate_model(name: str, split: str = "val", out: Path | None = None, devic
         metrics["test_ci95"] = {k: [round(a, 4), round(b, 4)] for k, (a, b) in res["ci95"].items()}
         card["metrics"] = metrics
         card["paper"] = PAPER_RESULTS.get(name)
-        card["test_evaluated_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        card["test_evaluated_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
         if per_source:
             card["per_source_test"] = {k: v for k, v in per_source.items() if "auc" in v}
         write_card(name, card, wdir)

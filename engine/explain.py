@@ -19,8 +19,15 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-__all__ = ["grad_cam", "grad_cam_plus_plus", "attention_map", "occlusion_map", "explain_image", "overlay",
-           "METHODS"]
+__all__ = [
+    "METHODS",
+    "attention_map",
+    "explain_image",
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "occlusion_map",
+    "overlay",
+]
 
 METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "attention", "occlusion")
 
@@ -176,7 +183,8 @@ def overlay(gray: NDArray, heatmap: NDArray, alpha: float = 0.4, colormap: str =
     heatmap
         Same (H, W) as ``gray`` (it is resized if not), values in [0, 1].
     alpha
-        Opacity of the heatmap at full strength.
+        Opacity of the heatmap at full strength; it scales with sqrt(heat), so a zero heatmap leaves
+        the grey image unchanged.
     min_level
         Heat below this level is not drawn (keeps the anatomy visible where the model is indifferent).
     """
@@ -190,6 +198,7 @@ def overlay(gray: NDArray, heatmap: NDArray, alpha: float = 0.4, colormap: str =
         h = _to_image_shape(h, g.shape)
     h = np.clip(np.nan_to_num(h), 0.0, 1.0)
     colours = colormaps[colormap](h)[..., :3].astype(np.float32)
-    a = (alpha * (h >= min_level))[..., None].astype(np.float32)
+    # opacity grows with the heat (sqrt: moderate heat stays visible), so cold areas keep the plain image
+    a = (alpha * np.sqrt(h) * (h >= min_level))[..., None].astype(np.float32)
     rgb = (1 - a) * g[..., None] + a * colours
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)

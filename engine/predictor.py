@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from engine.preprocess import preprocess
 from engine.weights import WeightsError, load_card, weights_dir, weights_path
 
-__all__ = ["DEFAULT_MODELS", "Predictor", "load_predictor", "Kind", "Runtime"]
+__all__ = ["DEFAULT_MODELS", "Kind", "Predictor", "Runtime", "load_predictor"]
 
 Kind = Literal["ct", "cxr"]
 Runtime = Literal["auto", "torch", "onnxruntime"]

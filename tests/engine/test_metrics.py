@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 
-from engine.metrics import binary_metrics, bootstrap_ci, choose_threshold, roc_auc, threshold_table
+from engine.metrics import (
+    binary_metrics,
+    bootstrap_ci,
+    choose_threshold,
+    roc_auc,
+    threshold_table,
+)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from engine.models import build_model
-from engine.weights import WeightsError, load_card, load_weights, save_weights, write_card
+from engine.weights import (
+    WeightsError,
+    load_card,
+    load_weights,
+    save_weights,
+    write_card,
+)
 
 from .conftest import TINY_CONFIGS
 
@@ -37,7 +43,7 @@ def test_round_trip_gives_the_same_network_in_fp16_precision(name: str, tmp_path
 def test_card_is_written_as_json_and_markdown(tmp_path: Path) -> None:
     card = {"model": "ct-net", "threshold": {"value": 0.42, "how_chosen": "max F1 on val"},
             "metrics": {"val": {"auc": 0.9, "f1": 0.8}}}
-    jp, mp = write_card("ct-net", card, tmp_path)
+    _json_path, mp = write_card("ct-net", card, tmp_path)
     assert load_card("ct-net", tmp_path) == card
     text = mp.read_text()
     assert "# Model card: ct-net" in text and "0.420" in text and "| val |" in text
