@@ -287,7 +287,7 @@ def _check_unknown_env() -> None:
 
 
 # Variables read by other parts of the product (the engine's runtime choice and data location).
-EXTRA_ENV: set[str] = {ENV_PREFIX + "RUNTIME", ENV_PREFIX + "SHARED_DATA", ENV_PREFIX + "WEIGHTS_DIR"}
+EXTRA_ENV: set[str] = {ENV_PREFIX + "RUNTIME", ENV_PREFIX + "SHARED_DATA", ENV_PREFIX + "WEIGHTS_DIR", ENV_PREFIX + "ORT_THREADS"}
 
 
 def _explain(exc: ValidationError) -> str:

@@ -44,6 +44,9 @@ def build_ct_series(
     study_uid = study_uid or new_uid()
     series_uid = series_uid or new_uid()
     templates = [pydicom.dcmread(path) for path in sources]
+    # one patient per study, even when the real slices come from several (as a PACS would require)
+    patient_name = patient_name if patient_name is not None else str(templates[0].get("PatientName", ""))
+    patient_id = patient_id if patient_id is not None else str(templates[0].get("PatientID", ""))
     paths: list[Path] = []
     for index in range(count):
         ds = templates[index % len(templates)].copy()
