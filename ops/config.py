@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     )
     job_visibility_timeout: int = Field(
         default=3600,
-        ge=60,
+        ge=10,
         description="Seconds before the broker redelivers an unacknowledged job (longer than the longest job).",
     )
     worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs one worker runs at once.")
