@@ -31,8 +31,8 @@ PAPER_RESULTS: dict[str, dict[str, Any]] = {
                     "precision": 0.884, "sensitivity": 0.905, "f1": 0.894, "auc": 0.899,
                     "baseline": {"name": "COVID-CT baseline in Table V", "f1": 0.853, "auc": 0.824}},
     "deep-cxr-net": {"source": "Dialameh et al. 2020, Table VI (their CXR collection, not ours)", "auc": 0.983},
-    "ct-net": {"source": "Yazdani et al. 2020 (COVID CT-Net): not comparable here; their numbers are on "
-                         "another CT collection"},
+    "ct-net": {"source": "Yazdani et al. 2020 (COVID CT-Net): no reference numbers on the COVID-CT "
+                         "official split; not compared"},
 }
 _CLASS_NAMES = {0: "non-COVID", 1: "COVID"}
 
