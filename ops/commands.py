@@ -103,6 +103,12 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     return 1 if report.findings else 0
 
 
+def cmd_bench_reliability(args: argparse.Namespace) -> int:
+    from ops.bench.reliability import run_reliability_benchmark
+
+    return run_reliability_benchmark(args.pytest_args)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     listen = subparsers.add_parser(
         "listen",
@@ -184,3 +190,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     fuzzing.add_argument("--seed", type=int, default=0)
     fuzzing.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
     fuzzing.set_defaults(func=cmd_bench_fuzz)
+    reliability = bench_sub.add_parser(
+        "reliability",
+        help="fault and bad-input suites at full size, as a table (needs the test extras)",
+        description="Run the fault tests (listener and worker SIGKILL, Redis and PACS outages, database "
+        "unavailable, disk full) and the bad-input tests (hostile corpus, 100,000 fuzzed inputs) with real "
+        "processes on loopback, and print: scenario, sent, acknowledged, stored, analysed, lost, duplicated.",
+    )
+    reliability.add_argument("pytest_args", nargs="*", help="extra pytest arguments (e.g. -x)")
+    reliability.set_defaults(func=cmd_bench_reliability)

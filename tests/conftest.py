@@ -106,3 +106,31 @@ def listener_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield start
     for listener in started:
         listener.stop(grace_seconds=5)
+
+
+@pytest.fixture
+def scenario_report() -> Callable[..., None]:
+    """Record a fault or bad-input scenario's counts for ``triage bench reliability``.
+
+    Tests assert on the counts themselves; when RELIABILITY_REPORT names a file (the benchmark sets
+    it), each row is also appended there as one JSON line, and the benchmark prints the table.
+    """
+    import json
+
+    def record(scenario: str, *, sent: int, acknowledged: int, stored: int, analysed: int | None = None,
+               lost: int, duplicated: int, note: str = "") -> None:
+        assert lost == 0, f"{scenario}: {lost} acknowledged instance(s) lost"
+        assert duplicated == 0, f"{scenario}: {duplicated} duplicate(s)"
+        target = os.environ.get("RELIABILITY_REPORT")
+        if target:
+            row = {"scenario": scenario, "sent": sent, "acknowledged": acknowledged, "stored": stored,
+                   "analysed": analysed, "lost": lost, "duplicated": duplicated, "note": note}
+            with open(target, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    return record
+
+
+def full_size(small: int, full: int) -> int:
+    """Test size in CI, benchmark size under ``triage bench reliability`` (RELIABILITY_FULL=1)."""
+    return full if os.environ.get("RELIABILITY_FULL") == "1" else small

@@ -19,6 +19,7 @@ from tests.pynetdicom_scu import send_files, write_raw_instance
 
 def test_hostile_corpus_is_refused_or_stored_and_valid_instances_still_pass(
     sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path, axial_ct_files: list[Path],
+    scenario_report: Callable[..., None],
 ) -> None:
     listener = listener_factory(sessions)
     corpus = build_corpus(axial_ct_files[0])
@@ -42,3 +43,7 @@ def test_hostile_corpus_is_refused_or_stored_and_valid_instances_still_pass(
     # nothing outside the storage root, nothing left in its tmp folder
     assert not any(listener.store.tmp_dir.iterdir())
     assert not Path("/tmp/evil").exists()
+    refused = sum(1 for case in corpus if case.verdict == "refuse")
+    scenario_report("hostile DICOM corpus, valid instances between", sent=2 * len(corpus),
+                    acknowledged=2 * len(corpus) - refused, stored=len(stored), lost=0, duplicated=0,
+                    note=f"{len(corpus)} hostile cases: {refused} refused with a status, {len(corpus) - refused} stored")

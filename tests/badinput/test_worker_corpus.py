@@ -25,7 +25,7 @@ from workers.context import reset_context
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_corpus_studies_end_with_a_reason_and_valid_ones_are_analysed(
     database_url: str, sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path,
-    axial_ct_files: list[Path], monkeypatch: pytest.MonkeyPatch,
+    axial_ct_files: list[Path], monkeypatch: pytest.MonkeyPatch, scenario_report: Callable[..., None],
 ) -> None:
     monkeypatch.setenv("TRIAGE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("TRIAGE_DATABASE_URL", database_url)
@@ -63,3 +63,9 @@ def test_corpus_studies_end_with_a_reason_and_valid_ones_are_analysed(
             assert error, f"study {uid} ended {state.value} without a reason"
     assert analysed == set(valid_studies)
     reset_context()
+    hostile = len(outcome) - len(valid_studies)
+    instances = hostile + 2 * len(valid_studies)
+    scenario_report("stored hostile cases through the workers", sent=instances, acknowledged=instances,
+                    stored=instances, analysed=len(analysed), lost=0, duplicated=0,
+                    note=f"{hostile} hostile studies ended not-applicable/failed with a reason; "
+                         f"{len(valid_studies)} valid studies analysed")

@@ -7,7 +7,16 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Instance, Job, JobState, OutboxMessage, Series, Study, StudyState, utcnow
+from db.models import (
+    Instance,
+    Job,
+    JobState,
+    OutboxMessage,
+    Series,
+    Study,
+    StudyState,
+    utcnow,
+)
 from listener.completion import ANALYSE_TOPIC, complete_quiet_studies
 from listener.records import InstanceMeta, record_instance
 

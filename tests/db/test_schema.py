@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session, sessionmaker
-
-from alembic.script import ScriptDirectory
 
 from db.migrate import alembic_config, current_revision, upgrade
 from db.models import Base

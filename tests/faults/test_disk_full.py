@@ -36,7 +36,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_disk_full_answers_out_of_resources_and_recovers(
     small_disk: Path, sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path,
-    axial_ct_files: list[Path],
+    axial_ct_files: list[Path], scenario_report: Callable[..., None],
 ) -> None:
     files = build_ct_series(axial_ct_files, tmp_path / "study", 10)  # ~5.3 MB in all
     listener = listener_factory(sessions)
@@ -59,3 +59,7 @@ def test_disk_full_answers_out_of_resources_and_recovers(
     assert set(send_files(listener.port, files)) == {statuses.SUCCESS}
     with sessions() as session:
         assert session.scalar(select(func.count(Instance.id))) == 10
+        uids = session.scalars(select(Instance.sop_instance_uid)).all()
+    scenario_report("disk full (3 MB tmpfs), then space returns", sent=20, acknowledged=len(accepted) + 10,
+                    stored=len(set(uids)), lost=10 - len(set(uids)), duplicated=len(uids) - len(set(uids)),
+                    note=f"{len(refused)} answered 0xA700, no partial file")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
 from sqlalchemy import select
 
-from db.models import Instance
+from db.models import Instance, Job, JobState, Result
 from ops.bench.series import build_ct_series
 from tests.conftest import require_tools
 from tests.dcmtk import DCMTK_ENV
@@ -35,11 +36,14 @@ def _acknowledged(storescu_log: str) -> list[Path]:
     return acknowledged
 
 
-def test_sigkill_mid_transfer_keeps_every_acknowledged_instance(tmp_path: Path, axial_ct_files: list[Path]) -> None:
+def test_sigkill_mid_transfer_keeps_every_acknowledged_instance(
+    tmp_path: Path, axial_ct_files: list[Path], scenario_report: Callable[..., None],
+) -> None:
     require_tools("storescu")
     files = build_ct_series(axial_ct_files, tmp_path / "study", 1000)
     port = free_port()
-    env = node_env(tmp_path, port=port, quiet=600)
+    # the quiet period outlasts the restart and the retry: the study completes once, whole
+    env = node_env(tmp_path, port=port, quiet=30, TRIAGE_KEY_SLICES="1")
     node = NodeProcess("listen", tmp_path, env)
     node.wait_port(port)
     sessions = node_sessions(env)
@@ -58,7 +62,7 @@ def test_sigkill_mid_transfer_keeps_every_acknowledged_instance(tmp_path: Path, 
     assert 100 <= len(acknowledged) < 1000
 
     # restart: every acknowledged instance is on disk, intact, and in the database
-    node = NodeProcess("listen", tmp_path, env, name="listen-2")
+    node = NodeProcess("serve", tmp_path, env, name="serve-after-crash")
     try:
         node.wait_port(port)
         with sessions() as session:
@@ -82,5 +86,21 @@ def test_sigkill_mid_transfer_keeps_every_acknowledged_instance(tmp_path: Path, 
         with sessions() as session:
             uids = session.scalars(select(Instance.sop_instance_uid)).all()
         assert len(uids) == len(set(uids)) == 1000
+
+        def finished() -> bool:
+            with sessions() as session:
+                return session.scalar(select(Job.state)) in (JobState.done, JobState.failed)
+
+        wait_for(finished, 900, "the study to be analysed", node.log)
+        with sessions() as session:
+            jobs = session.scalars(select(Job)).all()
+            results = session.scalars(select(Result)).all()
+        assert [j.state for j in jobs] == [JobState.done], "analysed more than once, or not at all"
+        assert len(results) == 1 and len(results[0].slice_scores["scores"]) == 1000
     finally:
         node.stop()
+    intact = sum(1 for path in acknowledged if pydicom.dcmread(path).SOPInstanceUID in rows)
+    scenario_report("listener SIGKILL mid-transfer, restart, sender retries", sent=1000 + 1000,
+                    acknowledged=len(acknowledged) + 1000, stored=len(set(uids)), analysed=len(results),
+                    lost=len(acknowledged) - intact, duplicated=len(uids) - len(set(uids)),
+                    note=f"{len(acknowledged)} acknowledged before the kill")

@@ -86,7 +86,7 @@ def test_request_and_data_set_disagreeing_is_refused(
 
 
 def test_database_unavailable_answers_out_of_resources_and_leaves_no_file(
-    listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path],
+    listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path], scenario_report: Callable[..., None],
 ) -> None:
     # a PostgreSQL URL on a loopback port where nothing listens: every connection fails
     dead = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none",
@@ -95,3 +95,5 @@ def test_database_unavailable_answers_out_of_resources_and_leaves_no_file(
     instance = copy_with_new_identity(ct_files[0], tmp_path / "one.dcm")
     assert send_files(listener.port, [instance]) == [statuses.OUT_OF_RESOURCES]
     assert _files_under(listener.store.root) == []
+    scenario_report("database unavailable", sent=1, acknowledged=0, stored=0, lost=0, duplicated=0,
+                    note="answered 0xA700, no orphan file")
