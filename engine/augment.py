@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "DEEP_CT_NET_AUGMENT", "CT_NET_AUGMENT", "augment_batch"]
+__all__ = ["CT_NET_AUGMENT", "DEEP_CT_NET_AUGMENT", "AugmentConfig", "augment_batch"]
 
 
 @dataclass(frozen=True)

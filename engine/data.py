@@ -24,8 +24,17 @@ from numpy.typing import NDArray
 from engine.imageio import read_image
 from engine.preprocess import preprocess
 
-__all__ = ["DataUnavailable", "Sample", "shared_data_dir", "covid_ct_samples", "cxr_samples", "load_split",
-           "preprocess_samples", "CXR_TASKS", "SPLITS"]
+__all__ = [
+    "CXR_TASKS",
+    "SPLITS",
+    "DataUnavailable",
+    "Sample",
+    "covid_ct_samples",
+    "cxr_samples",
+    "load_split",
+    "preprocess_samples",
+    "shared_data_dir",
+]
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -18,14 +18,25 @@ from numpy.typing import NDArray
 
 from engine.preprocess import LUNG_WINDOW_CENTER, LUNG_WINDOW_WIDTH, to_uint8, window_hu
 
-__all__ = ["ImageReadError", "read_image", "read_raster", "read_dicom", "dataset_to_gray",
-           "dataset_to_hu", "is_dicom_file"]
+__all__ = [
+    "ImageReadError",
+    "dataset_to_gray",
+    "dataset_to_hu",
+    "is_dicom_file",
+    "read_dicom",
+    "read_image",
+    "read_raster",
+]
 
 #: Modalities whose pixel data are Hounsfield units after the modality LUT.
 _HU_MODALITIES = frozenset({"CT"})
 #: SOP Class UIDs of CT images (CT Image Storage, Enhanced CT Image Storage, Legacy Converted).
 _CT_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1",
                              "1.2.840.10008.5.1.4.1.1.2.2"})
+
+
+#: What pydicom raises for a malformed LUT or window element.
+_LUT_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, ZeroDivisionError)
 
 
 class ImageReadError(Exception):
@@ -207,13 +218,13 @@ def dataset_to_gray(ds: Any, frame: int = 0, source: str | None = None,
 
     try:
         values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-    except Exception:  # a broken modality LUT should not stop the image: fall back to stored values
+    except _LUT_ERRORS:  # a broken modality LUT should not stop the image: fall back to stored values
         values = arr.astype(np.float64)
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
     if has_voi:
         try:
             values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-        except Exception:
+        except _LUT_ERRORS:  # a broken VOI LUT / window: use the percentile stretch below
             has_voi = False
     if not has_voi:
         finite = values[np.isfinite(values)]

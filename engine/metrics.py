@@ -12,8 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["confusion", "roc_auc", "binary_metrics", "bootstrap_ci", "threshold_table", "choose_threshold",
-           "METRIC_NAMES"]
+__all__ = [
+    "METRIC_NAMES",
+    "binary_metrics",
+    "bootstrap_ci",
+    "choose_threshold",
+    "confusion",
+    "roc_auc",
+    "threshold_table",
+]
 
 METRIC_NAMES: tuple[str, ...] = ("sensitivity", "specificity", "precision", "f1", "accuracy", "auc")
 

@@ -20,14 +20,14 @@ __all__ = [
     "DEFAULT_SIZE",
     "LUNG_WINDOW_CENTER",
     "LUNG_WINDOW_WIDTH",
-    "window_hu",
-    "to_uint8",
     "equalize_histogram",
-    "resize",
     "gaussian_blur_3x3",
-    "standardize",
     "preprocess",
     "preprocess_batch",
+    "resize",
+    "standardize",
+    "to_uint8",
+    "window_hu",
 ]
 
 #: Side of the square network input, as in the paper (256x256x3).

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine import data as D
-from engine.augment import CT_NET_AUGMENT, DEEP_CT_NET_AUGMENT, AugmentConfig, augment_batch
+from engine.augment import (
+    CT_NET_AUGMENT,
+    DEEP_CT_NET_AUGMENT,
+    AugmentConfig,
+    augment_batch,
+)
 from engine.metrics import binary_metrics, choose_threshold, roc_auc
 from engine.models import DEFAULT_CONFIGS, build_model
-from engine.models.deep_ct_net import DenseFPAConfig, DenseFPAEncoder
+from engine.models.deep_ct_net import DenseFPAConfig
 from engine.models.deep_cxr_net import DeepCXRNet, PartClassifier
 from engine.weights import git_commit, load_weights, save_weights, write_card
 
-__all__ = ["TrainOptions", "FitResult", "set_seed", "fit", "predict_scores", "train"]
+__all__ = ["FitResult", "TrainOptions", "fit", "predict_scores", "set_seed", "train"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,13 +220,13 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
     size = int(config["image_size"])
     dataset = "cxr" if name == "deep-cxr-net" else "ct"
     ckdir = opts.checkpoint_dir / name
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.monotonic()
     log(f"{name}: preprocessing {dataset} images at {size}px")
     xtr, ytr, _ = _load_arrays(dataset, "train", "covid", size, opts.progress)
     xva, yva, _ = _load_arrays(dataset, "val", "covid", size, opts.progress)
-    common = dict(batch_size=opts.batch_size, device=opts.device, patience=opts.patience, seed=opts.seed,
-                  progress=opts.progress, log=log)
+    common: dict[str, Any] = {"batch_size": opts.batch_size, "device": opts.device, "patience": opts.patience,
+                              "seed": opts.seed, "progress": opts.progress, "log": log}
     stages: dict[str, Any] = {}
     if name == "deep-ct-net":
         lr = opts.lr or 1e-3
@@ -269,7 +274,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
                              "widths narrowed for the same reason and for the 25 MB fp16 budget."},
         "threshold": {"value": thr, "how_chosen": "maximum F1 on the validation split (ties: closest to 0.5)"},
         "metrics": {"val": _round(val)},
-        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": git_commit(),
         "intended_use": "Research triage aid; not for diagnostic use.",
     }

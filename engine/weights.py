@@ -16,8 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WeightsError", "LoadedWeights", "weights_dir", "weights_path", "card_path", "save_weights",
-           "load_weights", "load_card", "write_card", "file_sha256", "git_commit"]
+__all__ = [
+    "LoadedWeights",
+    "WeightsError",
+    "card_path",
+    "file_sha256",
+    "git_commit",
+    "load_card",
+    "load_weights",
+    "save_weights",
+    "weights_dir",
+    "weights_path",
+    "write_card",
+]
 
 _PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -71,7 +82,7 @@ def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "engine"], cwd=repo, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "engine"], cwd=repo, capture_output=True, check=False,
                                text=True, timeout=10).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -15,7 +15,7 @@ from engine.models.ct_net import CTNet, CTNetConfig
 from engine.models.deep_ct_net import DeepCTNet, DenseFPAConfig
 from engine.models.deep_cxr_net import DeepCXRNet
 
-__all__ = ["MODEL_NAMES", "DEFAULT_CONFIGS", "build_model", "CTNet", "DeepCTNet", "DeepCXRNet"]
+__all__ = ["DEFAULT_CONFIGS", "MODEL_NAMES", "CTNet", "DeepCTNet", "DeepCXRNet", "build_model"]
 
 
 def _ct_net(cfg: Mapping[str, Any]) -> nn.Module:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CTNetConfig", "ResidualUnit", "SoftMaskBranch", "AttentionModule", "CTNet"]
+__all__ = ["AttentionModule", "CTNet", "CTNetConfig", "ResidualUnit", "SoftMaskBranch"]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from torch import nn
 from engine.models.densenet import densenet121
 from engine.models.fpa import FeaturePyramidAttention
 
-__all__ = ["DenseFPAConfig", "DenseFPAEncoder", "DeepCTNet"]
+__all__ = ["DeepCTNet", "DenseFPAConfig", "DenseFPAEncoder"]
 
 
 @dataclass(frozen=True)
