@@ -10,6 +10,8 @@ MONOCHROME1 so that bone is bright as in the training X-rays. Anything that cann
 from __future__ import annotations
 
 import os
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +108,7 @@ def read_dicom(path: str | os.PathLike[str], frame: int = 0) -> NDArray[np.uint8
 
     try:
         ds = pydicom.dcmread(path, force=not is_dicom_file(path))
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+    except (InvalidDicomError, OSError, EOFError, struct.error, *_DECODE_ERRORS) as exc:
         raise ImageReadError(str(path), f"not a readable DICOM file ({exc})") from exc
     return dataset_to_gray(ds, frame=frame, source=str(path))
 
@@ -157,6 +159,16 @@ def _is_ct(ds: Any) -> bool:
         str(getattr(ds, "SOPClassUID", "")) in _CT_SOP_CLASSES
 
 
+def _dataset_to_hu(ds: Any, frame: int, src: str) -> NDArray[np.float32]:
+    if not _is_ct(ds):
+        raise ImageReadError(src, f"modality {getattr(ds, 'Modality', '?')} has no Hounsfield units")
+    arr = _frame(_pixel_array(ds, src), ds, frame, src)
+    if arr.ndim != 2:
+        raise ImageReadError(src, f"expected a greyscale CT frame, got shape {arr.shape}")
+    slope, intercept = _rescale(ds, frame)
+    return (arr.astype(np.float32) * slope + intercept).astype(np.float32)
+
+
 def dataset_to_hu(ds: Any, frame: int = 0, source: str | None = None) -> NDArray[np.float32]:
     """Hounsfield units of one CT frame (modality LUT = rescale slope/intercept).
 
@@ -166,13 +178,22 @@ def dataset_to_hu(ds: Any, frame: int = 0, source: str | None = None) -> NDArray
         If the data set is not a CT image or its pixels cannot be decoded.
     """
     src = source or _describe(ds)
-    if not _is_ct(ds):
-        raise ImageReadError(src, f"modality {getattr(ds, 'Modality', '?')} has no Hounsfield units")
-    arr = _frame(_pixel_array(ds, src), ds, frame, src)
-    if arr.ndim != 2:
-        raise ImageReadError(src, f"expected a greyscale CT frame, got shape {arr.shape}")
-    slope, intercept = _rescale(ds, frame)
-    return (arr.astype(np.float32) * slope + intercept).astype(np.float32)
+    return _guarded(src, lambda: _dataset_to_hu(ds, frame, src))
+
+
+#: What malformed attributes (fuzzed lengths, bad numbers, odd shapes) raise while decoding.
+_DECODE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, NotImplementedError,
+                  RuntimeError, MemoryError, struct.error)
+
+
+def _guarded(src: str, decode: Callable[[], NDArray]) -> Any:
+    """Run ``decode``; any error of a malformed data set becomes :class:`ImageReadError`."""
+    try:
+        return decode()
+    except ImageReadError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise ImageReadError(src, f"malformed image attributes ({type(exc).__name__}: {exc})") from exc
 
 
 def _describe(ds: Any) -> str:
@@ -207,8 +228,12 @@ def dataset_to_gray(ds: Any, frame: int = 0, source: str | None = None,
         If the pixel data are missing or cannot be decoded.
     """
     src = source or _describe(ds)
+    return _guarded(src, lambda: _dataset_to_gray(ds, frame, src, window))
+
+
+def _dataset_to_gray(ds: Any, frame: int, src: str, window: tuple[float, float]) -> NDArray[np.uint8]:
     if _is_ct(ds):
-        return window_hu(dataset_to_hu(ds, frame, src), center=window[0], width=window[1])
+        return window_hu(_dataset_to_hu(ds, frame, src), center=window[0], width=window[1])
 
     arr = _frame(_pixel_array(ds, src), ds, frame, src)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()

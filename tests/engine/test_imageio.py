@@ -83,3 +83,33 @@ def test_data_set_without_pixels_is_refused() -> None:
     ds.SOPInstanceUID = "1.2.3"
     with pytest.raises(ImageReadError, match="no pixel data"):
         dataset_to_gray(ds)
+
+
+def test_malformed_attributes_raise_image_read_error_only() -> None:
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+    bad_rows = ct.copy()
+    bad_rows.Rows = 4000
+    with pytest.raises(ImageReadError):
+        dataset_to_gray(bad_rows)
+    bad_frames = ct.copy()
+    bad_frames.NumberOfFrames = 3
+    with pytest.raises(ImageReadError):
+        dataset_to_gray(bad_frames)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the damaged values it reads
+def test_corrupted_bytes_give_an_image_or_image_read_error(tmp_path: Path) -> None:
+    """Random byte damage to a real file: the decoder either returns an image or raises ImageReadError."""
+    data = Path(get_testdata_file("CT_small.dcm", download=False)).read_bytes()
+    rng = np.random.default_rng(7)
+    for i in range(40):
+        buf = bytearray(data)
+        for pos in rng.integers(132, 1200, size=4):  # the header region, where lengths and VRs live
+            buf[pos] = int(rng.integers(0, 256))
+        path = tmp_path / f"fuzz{i}.dcm"
+        path.write_bytes(bytes(buf))
+        try:
+            gray = read_image(path)
+        except ImageReadError:
+            continue
+        assert gray.dtype == np.uint8 and gray.ndim == 2
