@@ -23,7 +23,7 @@ from engine.metrics import binary_metrics, bootstrap_ci, roc_auc, threshold_tabl
 from engine.weights import load_weights, write_card
 from engine.weights import weights_dir as default_weights_dir
 
-__all__ = ["PAPER_RESULTS", "evaluate_model", "evaluate_scores", "write_plots"]
+__all__ = ["PAPER_RESULTS", "evaluate_model", "evaluate_scores", "write_plots", "write_summary"]
 
 #: Numbers reported by the source papers (test split), for side-by-side comparison.
 PAPER_RESULTS: dict[str, dict[str, Any]] = {
@@ -203,4 +203,43 @@ def evaluate_model(name: str, split: str = "val", out: Path | None = None, devic
         if per_source:
             card["per_source_test"] = {k: v for k, v in per_source.items() if "auc" in v}
         write_card(name, card, wdir)
+    write_summary(wdir)
     return md
+
+
+def write_summary(wdir: Path) -> Path:
+    """``reports/README.md``: every model's val and test metrics beside the papers', from the cards."""
+    from engine.models import MODEL_NAMES
+    from engine.weights import load_card
+
+    intro = ("Generated from the model cards by `triage evaluate`. Thresholds chosen on val (max F1); test "
+             "evaluated once per final model. Paper numbers are test results with ImageNet/CheXpert "
+             "pre-training on GPU; ours are from scratch on a CPU with a cut schedule (see each card).")
+    rows = ["# Engine results", "", intro, "",
+            "| model | split | n | AUC (95 % CI) | sensitivity | specificity | precision | F1 | threshold |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name in MODEL_NAMES:
+        card = load_card(name, wdir)
+        if not card:
+            continue
+        metrics = card.get("metrics", {})
+        for split in ("val", "test"):
+            m = metrics.get(split)
+            if not m:
+                continue
+            ci = metrics.get(f"{split}_ci95", {}).get("auc")
+            auc = _f(m["auc"]) + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+            rows.append(f"| {name} | {split} | {m['n']} | {auc} | {_f(m['sensitivity'])} | {_f(m['specificity'])} | "
+                        f"{_f(m['precision'])} | {_f(m['f1'])} | {m['threshold']:.3f} |")
+        paper = PAPER_RESULTS.get(name, {})
+        if any(k in paper for k in ("auc", "f1")):
+            rows.append(f"| {name} (paper) | test | | {_f(paper.get('auc', ''))} | {_f(paper.get('sensitivity', ''))} | "
+                        f"| {_f(paper.get('precision', ''))} | {_f(paper.get('f1', ''))} | |")
+        if "baseline" in paper:
+            b = paper["baseline"]
+            rows.append(f"| {b['name']} | test | | {_f(b['auc'])} | | | | {_f(b['f1'])} | |")
+    rows += ["", "Per-model reports: `<model>/<split>/report.md` (plots beside them).", ""]
+    path = wdir / "reports" / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows), encoding="utf-8")
+    return path
