@@ -228,9 +228,11 @@ def write_summary(wdir: Path) -> Path:
             if not m:
                 continue
             ci = metrics.get(f"{split}_ci95", {}).get("auc")
-            auc = _f(m["auc"]) + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
-            rows.append(f"| {name} | {split} | {m['n']} | {auc} | {_f(m['sensitivity'])} | {_f(m['specificity'])} | "
-                        f"{_f(m['precision'])} | {_f(m['f1'])} | {m['threshold']:.3f} |")
+            v = {k: _f(m.get(k, "")) for k in ("n", "auc", "sensitivity", "specificity", "precision", "f1",
+                                                "threshold")}
+            auc = v["auc"] + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+            rows.append(f"| {name} | {split} | {v['n']} | {auc} | {v['sensitivity']} | {v['specificity']} | "
+                        f"{v['precision']} | {v['f1']} | {v['threshold']} |")
         paper = PAPER_RESULTS.get(name, {})
         if any(k in paper for k in ("auc", "f1")):
             rows.append(f"| {name} (paper) | test | | {_f(paper.get('auc', ''))} | {_f(paper.get('sensitivity', ''))} | "
