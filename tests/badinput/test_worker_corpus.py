@@ -22,6 +22,7 @@ from tests.pynetdicom_scu import send_files, write_raw_instance
 from workers.context import reset_context
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_corpus_studies_end_with_a_reason_and_valid_ones_are_analysed(
     database_url: str, sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path,

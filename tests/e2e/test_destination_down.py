@@ -21,7 +21,7 @@ from tests.dcmtk import DCMTK_ENV, storescu
 from tests.e2e.node import NodeProcess, node_env, node_sessions, wait_for
 from tests.services import free_port, port_open
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PATIENT_NAME = "Doe^Jane^Phitestname"
 PATIENT_ID = "PHI-99887766"

@@ -25,7 +25,7 @@ from tests.e2e.node import NodeProcess, node_env, node_sessions, wait_for
 from tests.services import ensure_redis, free_port
 from workers.outputs.sr import read_sr_result
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from tests.e2e.node import NodeProcess, node_env, node_sessions, wait_for
 from tests.e2e.test_pipeline import _redis_url
 from tests.services import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_killed_worker_job_is_redelivered_and_completed_once(

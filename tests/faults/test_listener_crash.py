@@ -18,7 +18,7 @@ from tests.dcmtk import DCMTK_ENV
 from tests.e2e.node import NodeProcess, node_env, node_sessions, wait_for
 from tests.services import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 _SENT = re.compile(r"Sending file: (.+)$")
 
