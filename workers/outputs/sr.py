@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import TypedDict
 
 import highdicom as hd
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
@@ -224,8 +223,9 @@ def read_sr_result(source: str | Path | Dataset) -> SRResult:
         buffer = BytesIO()
         source.save_as(buffer, enforce_file_format=True)
         buffer.seek(0)
-        source = pydicom.dcmread(buffer)
-    sr = hd.sr.srread(source)
+        sr = hd.sr.srread(buffer)
+    else:
+        sr = hd.sr.srread(source)
     groups = sr.content.get_image_measurement_groups(finding_type=COVID_19)
     if len(groups) != 1:
         raise ValueError(f"expected one COVID-19 measurement group, found {len(groups)}")
