@@ -40,6 +40,14 @@ def axial_ct_files(ct_files: list[Path]) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
+def original_axial_ct_files(axial_ct_files: list[Path]) -> list[Path]:
+    """The ORIGINAL/PRIMARY axial slices (one NY-SBU "axial" file is a derived thick reformat)."""
+    import pydicom
+
+    return [p for p in axial_ct_files if "ORIGINAL" in pydicom.dcmread(p, stop_before_pixels=True).ImageType]
+
+
+@pytest.fixture(scope="session")
 def cr_file(shared_data: Path) -> Path:
     return shared_data / "dicom" / "cr-chest" / "RG1_UNCR.dcm"
 

@@ -37,10 +37,10 @@ def _acknowledged(storescu_log: str) -> list[Path]:
 
 
 def test_sigkill_mid_transfer_keeps_every_acknowledged_instance(
-    tmp_path: Path, axial_ct_files: list[Path], scenario_report: Callable[..., None],
+    tmp_path: Path, original_axial_ct_files: list[Path], scenario_report: Callable[..., None],
 ) -> None:
     require_tools("storescu")
-    files = build_ct_series(axial_ct_files, tmp_path / "study", 1000)
+    files = build_ct_series(original_axial_ct_files, tmp_path / "study", 1000)
     port = free_port()
     # the quiet period outlasts the restart and the retry: the study completes once, whole
     env = node_env(tmp_path, port=port, quiet=30, TRIAGE_KEY_SLICES="1")
