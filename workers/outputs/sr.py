@@ -48,7 +48,12 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 
-from workers.outputs.uids import device_uid, sr_instance_uid, sr_series_uid, tracking_uid
+from workers.outputs.uids import (
+    device_uid,
+    sr_instance_uid,
+    sr_series_uid,
+    tracking_uid,
+)
 
 LOCAL_SCHEME = "99COVTRIAGE"
 """Private coding scheme of this node (declared in CodingSchemeIdentificationSequence)."""

@@ -11,7 +11,12 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from tests.workers.outputs.helpers import CT_MODEL, CXR_MODEL, dciodvfy, heatmap_overlay
 from workers.outputs.caption import burn_caption, caption_band_height
-from workers.outputs.sc import SC_SERIES_NUMBER, build_sc, caption_lines, patient_orientation
+from workers.outputs.sc import (
+    SC_SERIES_NUMBER,
+    build_sc,
+    caption_lines,
+    patient_orientation,
+)
 from workers.outputs.sr import build_sr
 
 SCORE = 0.8123
@@ -116,3 +121,18 @@ def test_caption_fits_a_narrow_image_and_refuses_a_tiny_one() -> None:
     assert np.array_equal(out[:200], narrow[:200])
     with pytest.raises(ValueError, match="does not fit"):
         burn_caption(np.zeros((40, 40, 3), np.uint8), ["a", "b", "c"])
+
+
+def test_untouched_real_slices_give_valid_objects(tmp_path: Path, require_dciodvfy: None,
+                                                  axial_ct_files: list[Path]) -> None:
+    """Each real slice as it came from the archive (its own study), not re-identified."""
+    for n, source_path in enumerate(axial_ct_files[:3]):
+        source = pydicom.dcmread(source_path)
+        sr = build_sr([source], [source], score=0.3, decision="covid-not-suspected", threshold=0.5,
+                      model_name=CT_MODEL[0], model_version=CT_MODEL[1])
+        sc = _sc(source, heatmap_overlay(source), 0, score=0.3)
+        for name, obj in (("sr", sr), ("sc", sc)):
+            path = tmp_path / f"{name}{n}.dcm"
+            obj.save_as(path, enforce_file_format=True)
+            assert dciodvfy(path).errors == [], (source_path, name)
+        assert sr.StudyInstanceUID == sc.StudyInstanceUID == source.StudyInstanceUID

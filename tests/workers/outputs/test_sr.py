@@ -106,8 +106,8 @@ def test_cxr_sr_not_suspected_passes_dciodvfy(tmp_path: Path, require_dciodvfy: 
                     "algorithm": CXR_MODEL, "key_images": [str(cr.SOPInstanceUID)]}
     group = hd.sr.srread(path).content.get_image_measurement_groups()[0]
     assert group.get_qualitative_evaluations(name=COVID_19)[0].value == NOT_SUSPECTED
-    procedure = [item for item in sr.ContentSequence
-                 if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ProcedureReported.value][0]
+    procedure = next(item for item in sr.ContentSequence
+                 if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ProcedureReported.value)
     assert hd.sr.CodedConcept.from_dataset(procedure.ConceptCodeSequence[0]) == XR_CHEST
     # the local coding scheme of "not suspected" is declared
     assert [s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence] == [NOT_SUSPECTED.scheme_designator]
