@@ -64,7 +64,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         files = build_ct_series(sources, work / "study", count)
         megabytes = sum(p.stat().st_size for p in files) / 1e6
 
-        scp_port, node_port, fast_port = free_port(), free_port(), free_port()
+        scp_port, node_port, fast_port, null_port = free_port(), free_port(), free_port(), free_port()
         scp_dir = work / "storescp"
         scp_dir.mkdir()
         processes.append(subprocess.Popen(
@@ -82,11 +82,15 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
                     "TRIAGE_DURABLE_COMMIT": "false"}
         processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "listen"], env=fast_env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for port in (scp_port, node_port, fast_port):
+        # pynetdicom receiving and answering, storing nothing: the ceiling of any pynetdicom SCP
+        processes.append(subprocess.Popen([sys.executable, "-m", "ops.bench.null_scp", str(null_port)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in (scp_port, node_port, fast_port, null_port):
             wait_port(port)
 
         receivers = (("storescp", scp_port, "STORESCP"), ("listener", node_port, "TRIAGE"),
-                     ("listener, sqlite synchronous=NORMAL", fast_port, "TRIAGE"))
+                     ("listener, sqlite synchronous=NORMAL", fast_port, "TRIAGE"),
+                     ("pynetdicom SCP storing nothing", null_port, "NULLSCP"))
         timings: dict[str, list[float]] = {name: [] for name, _, _ in receivers}
         for round_ in range(rounds):
             for name, port, called in receivers:
@@ -107,7 +111,8 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         for name, n, seconds, ips, mbps in rows:
             print(f"{name:36} {n:9d} {seconds:8.2f} {ips:8.1f} {mbps:8.1f} {ips / rows[0][3]:5.2f}x")
         print("ratio = inst/s over storescp's (target >= 0.80x). The listener fsyncs file and directory and "
-              "commits the row (SQLite synchronous=FULL by default) before each Success; storescp fsyncs nothing.")
+              "commits the row (SQLite synchronous=FULL by default) before each Success; storescp fsyncs nothing. "
+              "The last row is pynetdicom's own ceiling: receive and answer, nothing stored.")
         print(f"listener rows recorded: {stored} of {expected}")
         return 0 if stored == expected else 1
     finally:
