@@ -8,7 +8,6 @@ stays open. So a study is completed exactly once per receiving period, even with
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
@@ -16,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Job, JobState, OutboxMessage, Study, StudyState, utcnow
 from ops.logs import event
+from ops.periodic import Periodic
 
 log = logging.getLogger("triage.listener.completion")
 
@@ -70,28 +70,17 @@ def complete_quiet_studies(
     return completed
 
 
-class CompletionSweeper:
-    """Background thread that runs :func:`complete_quiet_studies` every ``interval`` seconds."""
+class CompletionSweeper(Periodic):
+    """Background thread running :func:`complete_quiet_studies` every ``interval`` seconds.
+
+    A database that is down is retried (with backoff): instances cannot be stored meanwhile either.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], *, quiet_seconds: float, ceiling_seconds: float,
                  interval: float) -> None:
-        self._sessions = sessions
-        self._quiet = quiet_seconds
-        self._ceiling = ceiling_seconds
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="completion-sweeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                complete_quiet_studies(self._sessions, quiet_seconds=self._quiet, ceiling_seconds=self._ceiling)
-            except Exception:  # the database may be down: keep trying, never die silently
-                log.exception("listener.completion.error", extra={"event": "listener.completion.error"})
+        super().__init__(
+            "listener.completion",
+            lambda: complete_quiet_studies(sessions, quiet_seconds=quiet_seconds, ceiling_seconds=ceiling_seconds),
+            interval,
+            logger=log,
+        )

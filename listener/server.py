@@ -34,7 +34,11 @@ import pydicom
 from pydicom.pixels import get_decoder
 from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext, build_context
+from pynetdicom.presentation import (
+    AllStoragePresentationContexts,
+    PresentationContext,
+    build_context,
+)
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError

@@ -8,7 +8,6 @@ loses it: the row stays unpublished and is tried again on the next pass, with ba
 from __future__ import annotations
 
 import logging
-import threading
 
 from celery import Celery
 from sqlalchemy import select, update
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import Job, JobState, OutboxMessage, utcnow
 from listener.completion import ANALYSE_TOPIC
 from ops.logs import event
+from ops.periodic import Periodic
 from workers.celery_app import ANALYSE_TASK, EXPORT_TASK, EXPORT_TOPIC
 
 log = logging.getLogger("triage.workers.dispatcher")
@@ -72,31 +72,10 @@ def publish_pending(app: Celery, sessions: sessionmaker[Session], limit: int = 1
     return published
 
 
-class Dispatcher:
-    """Background thread running :func:`publish_pending` every ``interval`` seconds."""
+class Dispatcher(Periodic):
+    """Background thread running :func:`publish_pending` every ``interval`` seconds, backing off
+    (to at most 15 s) while the broker is unavailable."""
 
     def __init__(self, app: Celery, sessions: sessionmaker[Session], interval: float = 0.5) -> None:
-        self._app = app
-        self._sessions = sessions
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="outbox-dispatcher", daemon=True)
-        self._failures = 0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(min(_MAX_BACKOFF_S, self._interval * 2 ** min(self._failures, 7))):
-            try:
-                publish_pending(self._app, self._sessions)
-                self._failures = 0
-            except BrokerUnavailable:
-                self._failures += 1
-            except Exception:  # the database may be down: keep trying, never die silently
-                self._failures += 1
-                log.exception("dispatcher.error", extra={"event": "dispatcher.error"})
+        super().__init__("dispatcher", lambda: publish_pending(app, sessions), interval,
+                         max_backoff=_MAX_BACKOFF_S, logger=log, quiet_errors=(BrokerUnavailable,))

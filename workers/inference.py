@@ -51,7 +51,8 @@ def score(model: Any, images: list[NDArray[np.uint8]], timer: _Timer) -> list[fl
 
 def overlay(model: Any, gray: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """Grad-CAM of the last attention block blended over the displayed (windowed) image."""
-    from engine.explain import explain_image, overlay as blend
+    from engine.explain import explain_image
+    from engine.explain import overlay as blend
 
     heatmap = explain_image(model, gray, "gradcam")
     return blend(gray, heatmap, alpha=0.4, min_level=0.2)
