@@ -14,6 +14,10 @@ from collections.abc import Sequence
 import numpy as np
 
 TOP_FRACTION = 0.10
+RULES = {
+    "ct": "study score = mean of the top 10% of slice scores (at least one slice)",
+    "cxr": "study score = highest score among the frontal views",
+}
 
 
 def study_score(slice_scores: Sequence[float], kind: str) -> float:

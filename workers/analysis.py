@@ -34,7 +34,7 @@ from db.models import (
 )
 from listener.storage import InstanceStore
 from ops.logs import event
-from workers.aggregate import decide, key_indices, study_score
+from workers.aggregate import RULES, decide, key_indices, study_score
 from workers.celery_app import EXPORT_TOPIC
 from workers.context import WorkerContext
 from workers.selection import NothingToAnalyse, read_candidates, select_series
@@ -117,7 +117,7 @@ def analyse_job(ctx: WorkerContext, job_id: int) -> Outcome:
     with timer.stage("explain"):
         overlays = [inference.overlay(model, images[i]) for i in keys]
     with timer.stage("build"):
-        outputs = _write_outputs(ctx, study_uid, model, datasets, keys, overlays, score, decision)
+        outputs = _write_outputs(ctx, study_uid, model, selection.kind, datasets, keys, overlays, score, decision)
 
     result_id = _record(ctx, job_id, study_id, selection.series_uid, model, score, decision, scores,
                         [datasets[i].SOPInstanceUID for i in range(len(datasets))], timer.seconds, outputs,
@@ -128,7 +128,7 @@ def analyse_job(ctx: WorkerContext, job_id: int) -> Outcome:
     return Outcome(JobState.done, decision, result_id)
 
 
-def _write_outputs(ctx: WorkerContext, study_uid: str, model: Any, datasets: list[pydicom.Dataset],
+def _write_outputs(ctx: WorkerContext, study_uid: str, model: Any, kind: str, datasets: list[pydicom.Dataset],
                    keys: list[int], overlays: list[Any], score: float, decision: str) -> list[dict[str, str]]:
     from workers.outputs.sc import build_sc
     from workers.outputs.sr import build_sr
@@ -138,7 +138,8 @@ def _write_outputs(ctx: WorkerContext, study_uid: str, model: Any, datasets: lis
     key_datasets = [datasets[i] for i in keys]
     objects: list[tuple[str, pydicom.Dataset]] = [
         ("sr", build_sr(datasets, key_datasets, score=score, decision=decision, threshold=model.threshold,
-                        model_name=model.model_name, model_version=model.model_version))
+                        model_name=model.model_name, model_version=model.model_version,
+                        aggregation=RULES[kind]))
     ]
     for index, (source, rgb) in enumerate(zip(key_datasets, overlays, strict=True)):
         objects.append(("sc", build_sc(source, rgb, index=index, score=score, model_name=model.model_name,

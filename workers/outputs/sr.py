@@ -101,6 +101,7 @@ def build_sr(
     manufacturer: str = DEVICE_NAME,
     institution_name: str | None = None,
     institutional_department_name: str | None = None,
+    aggregation: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the Comprehensive 3D SR (TID 1500) of one analysed study.
 
@@ -126,6 +127,9 @@ def build_sr(
         Manufacturer of the SR (and of the observing device).
     institution_name, institutional_department_name
         Optional site identification written into the SR's equipment module.
+    aggregation
+        How slice scores became the study score, in words; written as an Algorithm Parameter
+        (DCM 111002) of the algorithm identification so a reader of the SR can see the rule.
 
     Returns
     -------
@@ -156,6 +160,7 @@ def build_sr(
         raise ValueError(f"key images not among the source images: {strays}")
 
     algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version,
+                                              parameters=[aggregation] if aggregation else None,
                                               family=codes.DCM.ArtificialIntelligence)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
