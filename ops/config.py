@@ -153,6 +153,11 @@ class Settings(BaseSettings):
     export_max_attempts: int = Field(
         default=200, ge=1, description="Attempts before an export is marked failed (about a day by default)."
     )
+    export_tls_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: when set, exports use TLS and verify the PACS against it."
+    )
+    export_tls_cert: Path | None = Field(default=None, description="PEM client certificate for TLS exports.")
+    export_tls_key: Path | None = Field(default=None, description="PEM private key of EXPORT_TLS_CERT.")
     job_visibility_timeout: int = Field(
         default=3600,
         ge=10,
@@ -212,6 +217,10 @@ class Settings(BaseSettings):
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be set together")
+        if (self.export_tls_cert is None) != (self.export_tls_key is None):
+            raise ValueError("export_tls_cert and export_tls_key must be set together")
+        if self.export_tls_cert is not None and self.export_tls_ca is None:
+            raise ValueError("export_tls_cert needs export_tls_ca (the CA that signed the PACS certificate)")
         return self
 
     @classmethod

@@ -39,7 +39,7 @@ def analyse_study(self: Task, job_id: int) -> str:
 
 @shared_task(name=EXPORT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
 def export_result(self: Task, export_id: int) -> str:
-    from workers.export import ExportFailed, send_files
+    from workers.export import ExportFailed, client_tls_context, send_files
 
     ctx = get_context()
     settings = ctx.settings
@@ -58,7 +58,9 @@ def export_result(self: Task, export_id: int) -> str:
 
     error = None
     try:
-        send_files(destination, [Path(f) for f in files], calling_ae=settings.ae_title)
+        tls = (client_tls_context(settings.export_tls_ca, settings.export_tls_cert, settings.export_tls_key)
+               if settings.export_tls_ca is not None else None)
+        send_files(destination, [Path(f) for f in files], calling_ae=settings.ae_title, tls=tls)
     except (ExportFailed, OSError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:1000]
     now = utcnow()

@@ -22,28 +22,6 @@ from tests.dcmtk import DCMTK_ENV, echoscu, storescu
 pytestmark = pytest.mark.dcmtk
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A throwaway CA, a server certificate for 127.0.0.1, a client signed by it and a rogue client."""
-    require_tools("openssl")
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Test CA",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
-    for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=d)
-        (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem", cwd=d)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rogue",
-             "-keyout", "rogue.key", "-out", "rogue.pem", cwd=d)
-    return {p.stem + p.suffix.replace(".", "_"): p for p in d.iterdir()}
-
-
 def _tls_store(port: int, files: list[Path], key: Path | None, cert: Path | None, ca: Path) -> subprocess.CompletedProcess[str]:
     tls = ["+tls", str(key), str(cert)] if key and cert else ["+tla"]
     return subprocess.run(["storescu", "-to", "10", "-aec", "TRIAGE", *tls, "-pw", "+cf", str(ca), "127.0.0.1",

@@ -53,3 +53,21 @@ def test_a_peer_that_refuses_us_raises_export_failed(sessions, listener_factory,
     file = copy_with_new_identity(ct_files[0], tmp_path / "a.dcm")
     with pytest.raises(ExportFailed, match="refused us as TRIAGE"):
         send_files(f"TRIAGE@127.0.0.1:{peer.port}", [file], calling_ae="TRIAGE", timeout=5)
+
+
+def test_export_over_tls_with_a_client_certificate(sessions, listener_factory, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                   ct_files: list[Path], pki: dict[str, Path]) -> None:
+    from listener.server import make_ssl_context
+    from workers.export import client_tls_context
+
+    server = make_ssl_context(pki["server_pem"], pki["server_key"], pki["ca_pem"], require_client_cert=True)
+    peer = listener_factory(sessions, ssl_context=server)  # the node itself as a TLS PACS
+    file = copy_with_new_identity(ct_files[0], tmp_path / "a.dcm")
+    send_files(f"TRIAGE@127.0.0.1:{peer.port}", [file], calling_ae="TRIAGE",
+               tls=client_tls_context(pki["ca_pem"], pki["client_pem"], pki["client_key"]))
+    assert len(list(peer.store.root.rglob("*.dcm"))) == 1
+    with pytest.raises(ExportFailed):  # no client certificate: the PACS refuses the handshake
+        send_files(f"TRIAGE@127.0.0.1:{peer.port}", [file], calling_ae="TRIAGE", timeout=5,
+                   tls=client_tls_context(pki["ca_pem"]))
+    with pytest.raises(ExportFailed):  # plain TCP to a TLS port
+        send_files(f"TRIAGE@127.0.0.1:{peer.port}", [file], calling_ae="TRIAGE", timeout=5)
