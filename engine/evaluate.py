@@ -240,7 +240,12 @@ def write_summary(wdir: Path) -> Path:
         if "baseline" in paper:
             b = paper["baseline"]
             rows.append(f"| {b['name']} | test | | {_f(b['auc'])} | | | | {_f(b['f1'])} | |")
-    rows += ["", "Per-model reports: `<model>/<split>/report.md` (plots beside them).", ""]
+    rows += ["", "Per-model reports: `<model>/<split>/report.md` (plots beside them).", "", "## Limitations", ""]
+    for name in MODEL_NAMES:
+        text = load_card(name, wdir).get("limitations")
+        if text:
+            rows += [f"- **{name}**: {text}"]
+    rows.append("")
     path = wdir / "reports" / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows), encoding="utf-8")
