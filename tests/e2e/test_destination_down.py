@@ -6,6 +6,7 @@ The study carries a known patient name and ID, and no log line any of the node's
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,11 @@ def test_results_wait_for_the_pacs_to_come_back(
     tmp_path: Path, axial_ct_files: list[Path], scenario_report: Callable[..., None],
 ) -> None:
     require_tools("storescu", "storescp")
-    pacs_port = free_port()
+    # hold the PACS port (bound, not listening: connections are refused) so that no ephemeral port of
+    # the node's own connections can take it before the PACS comes back
+    placeholder = socket.socket()
+    placeholder.bind(("127.0.0.1", 0))
+    pacs_port = placeholder.getsockname()[1]
     port = free_port()
     env = node_env(tmp_path, port=port, destinations=f"PACS@127.0.0.1:{pacs_port}", quiet=1.0,
                    TRIAGE_SWEEP_INTERVAL="0.2")
@@ -50,12 +55,14 @@ def test_results_wait_for_the_pacs_to_come_back(
             with sessions() as session:
                 return len(session.scalars(select(ExportAttempt).where(ExportAttempt.ok.is_(False))).all())
 
-        wait_for(lambda: failed_attempts() >= 3, 300, "several failed export attempts", node.log)
+        # the attempt is committed before its log line is written: wait for both
+        wait_for(lambda: failed_attempts() >= 3 and node.log().count('"event":"export.retry"') >= 3, 300,
+                 "several failed export attempts, in the database and the logs", node.log)
         with sessions() as session:
             export = session.scalars(select(Export)).one()
             assert export.state == ExportState.retrying and "not established" in (export.last_error or "")
-        assert node.log().count('"event":"export.retry"') >= 3
 
+        placeholder.close()
         pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(received), str(pacs_port)], env=DCMTK_ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: port_open(pacs_port), 20, "storescp")
@@ -66,6 +73,7 @@ def test_results_wait_for_the_pacs_to_come_back(
 
         wait_for(delivered, 120, "the export to go through", node.log)
     finally:
+        placeholder.close()
         assert node.stop() == 0
         if pacs is not None:
             pacs.terminate()
