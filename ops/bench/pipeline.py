@@ -78,7 +78,13 @@ def run_pipeline_benchmark(slices: int = 100, shared_data: str | None = None, qu
                 time.sleep(0.1)
             latency = time.perf_counter() - last_response - quiet
             if name != "warm-up":
-                rows.append((name, latency, *_stage_times(work / "node" / "triage.db", study_uid)))
+                # the export attempt is recorded just after the PACS answered: give it a moment
+                for _ in range(50):
+                    stages, export = _stage_times(work / "node" / "triage.db", study_uid)
+                    if export > 0:
+                        break
+                    time.sleep(0.1)
+                rows.append((name, latency, stages, export))
     finally:
         os.killpg(node.pid, signal.SIGTERM)
         try:
