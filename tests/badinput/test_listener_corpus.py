@@ -44,6 +44,7 @@ def test_hostile_corpus_is_refused_or_stored_and_valid_instances_still_pass(
     assert not any(listener.store.tmp_dir.iterdir())
     assert not Path("/tmp/evil").exists()
     refused = sum(1 for case in corpus if case.verdict == "refuse")
-    scenario_report("hostile DICOM corpus, valid instances between", sent=2 * len(corpus),
+    backend = sessions.kw["bind"].dialect.name
+    scenario_report(f"hostile DICOM corpus + valid instances ({backend})", sent=2 * len(corpus),
                     acknowledged=2 * len(corpus) - refused, stored=len(stored), lost=0, duplicated=0,
                     note=f"{len(corpus)} hostile cases: {refused} refused with a status, {len(corpus) - refused} stored")
