@@ -7,8 +7,8 @@ import signal
 import threading
 from types import FrameType
 
-from db.migrate import upgrade
-from db.session import make_engine, make_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
 from listener.completion import CompletionSweeper
 from listener.server import Listener, make_ssl_context
 from listener.storage import InstanceStore
@@ -18,11 +18,8 @@ from ops.logs import event
 log = logging.getLogger("triage.listener")
 
 
-def build_listener(settings: Settings) -> tuple[Listener, CompletionSweeper]:
-    """Migrate the database, clean leftovers of a crash and wire the listener and sweeper."""
-    engine = make_engine(settings.resolved_database_url, durable=settings.durable_commit)
-    upgrade(engine)
-    sessions = make_sessionmaker(engine)
+def build_listener(settings: Settings, sessions: sessionmaker[Session]) -> tuple[Listener, CompletionSweeper]:
+    """Clean leftovers of a crash and wire the listener and sweeper to the node's database."""
     store = InstanceStore(settings.storage_dir)
     removed = store.clean_tmp()
     if removed:

@@ -22,12 +22,15 @@ log = logging.getLogger("triage.node")
 
 
 def run_node(settings: Settings, *, with_worker: bool, grace_seconds: float = 30.0) -> int:
+    from db.migrate import upgrade
     from db.session import make_engine, make_sessionmaker
     from workers.celery_app import make_celery
     from workers.dispatcher import Dispatcher
 
-    listener, sweeper = build_listener(settings)
-    sessions = make_sessionmaker(make_engine(settings.resolved_database_url, durable=settings.durable_commit))
+    engine = make_engine(settings.resolved_database_url, durable=settings.durable_commit)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)  # one pool for the listener, the sweeper and the dispatcher
+    listener, sweeper = build_listener(settings, sessions)
     dispatcher = Dispatcher(make_celery(settings), sessions)
     supervisor = _WorkerSupervisor() if with_worker else None
     listener.start()

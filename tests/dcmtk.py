@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-# Debian's dcmtk leaves Nagle's algorithm on unless told otherwise, and then crawls.
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+from ops.bench.net import DCMTK_ENV  # noqa: F401 - re-exported for the tests
 
 # storescu option that proposes each encoding (it proposes uncompressed syntaxes only by default)
 PROPOSE = {

@@ -19,11 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ops.bench.net import free_port, wait_port
+from ops.bench.net import DCMTK_ENV, DEFAULT_SHARED, free_port, wait_port
 from ops.bench.series import build_ct_series
-
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk leaves Nagle on otherwise
-DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _send(port: int, called: str, folder: Path) -> float:

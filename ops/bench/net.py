@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
+from pathlib import Path
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk leaves Nagle's algorithm on otherwise
+DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def free_port() -> int:

@@ -18,12 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ops.bench.net import free_port, wait_port
+from ops.bench.net import DCMTK_ENV, DEFAULT_SHARED, free_port, wait_port
 from ops.bench.orthanc import Orthanc
 from ops.bench.series import build_ct_series, copy_with_new_identity, new_uid
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-DEFAULT_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 STAGES = ("select", "decode", "preprocess", "infer", "explain", "build")
 
 
