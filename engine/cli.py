@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.runtimes import RUNTIMES
+
 __all__ = ["register"]
 
 _MODELS = ("ct-net", "deep-ct-net", "deep-cxr-net")
@@ -61,7 +63,7 @@ def register(subparsers: Any) -> None:
                                           "Exit 0 if at least one input was scored, 1 if none, 2 on a weights "
                                           "error.")
     p.add_argument("--model", choices=("ct", "cxr"), required=True)
-    p.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.set_defaults(func=_predict)

@@ -1,24 +1,23 @@
 """The interface the workers call: ``load_predictor(kind) -> Predictor``.
 
 A :class:`Predictor` turns greyscale images (from :mod:`engine.imageio`) into COVID probabilities
-with THE preprocessing and the committed weights. Runtimes behind the same interface:
+with THE preprocessing and the committed weights; a backend from :mod:`engine.runtimes` does the
+arithmetic:
 
-* ``torch``: PyTorch eager (CPU; CUDA in fp16 with ``device="cuda"``).
-* ``onnxruntime``: ONNX Runtime CPU. The ONNX file (opset 17, dynamic batch) is exported from the
-  weights on first use and cached next to them, keyed by the weights' sha256, in
-  ``<weights dir>/.onnx-cache/`` (or ``~/.cache/covid-triage/onnx`` if that is read-only).
-* ``auto``: onnxruntime if it imports and the export succeeds, else torch (the design's CPU
-  default; ~2x faster than eager on these CPUs).
+* ``onnxruntime``: ONNX Runtime on the CPU (the default without a GPU; ~2x eager PyTorch);
+* ``cuda``: PyTorch on a GPU in fp16, channels_last, CUDA graphs;
+* ``tensorrt``: a TensorRT fp16 engine built from the ONNX export (optional extra);
+* ``torch``: eager PyTorch fp32, the reference and the last fallback;
+* ``auto``: the fastest of these that loads here (see :mod:`engine.runtimes`).
 
-Default networks: ``ct`` -> ``deep-ct-net`` (the better of the two CT models on val, see its
-model card), ``cxr`` -> ``deep-cxr-net``.
+``TRIAGE_RUNTIME`` picks the runtime for the workers. Default networks: ``ct`` -> ``deep-ct-net``
+(the better of the two CT models on val, see its model card), ``cxr`` -> ``deep-cxr-net``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,16 +26,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.preprocess import preprocess
+from engine.runtimes import RUNTIMES, Backend, RuntimeUnavailable
+from engine.runtimes.onnx_export import ONNX_OPSET, cached_onnx, export_onnx
 from engine.weights import WeightsError, load_card, weights_dir, weights_path
 
-__all__ = ["DEFAULT_MODELS", "Kind", "Predictor", "Runtime", "load_predictor"]
+__all__ = ["DEFAULT_MODELS", "ONNX_OPSET", "Kind", "Predictor", "Runtime", "export_onnx", "load_predictor",
+           "make_backend"]
 
 Kind = Literal["ct", "cxr"]
-Runtime = Literal["auto", "torch", "onnxruntime"]
+Runtime = Literal["auto", "tensorrt", "cuda", "onnxruntime", "torch"]
 
 #: Network used for each kind of study unless ``model_name`` says otherwise.
 DEFAULT_MODELS: dict[str, str] = {"ct": "deep-ct-net", "cxr": "deep-cxr-net"}
-ONNX_OPSET = 17
 _log = logging.getLogger("engine.predictor")
 
 
@@ -55,72 +56,80 @@ class Predictor:
         Decision threshold on the probability (chosen on the validation split; see the card).
     input_size
         Side of the square network input.
-    runtime
-        ``"torch"`` or ``"onnxruntime"`` (what ``auto`` resolved to).
+    backend
+        The runtime doing the arithmetic; ``runtime``, ``precision``, ``device`` and ``batch_size``
+        repeat its :class:`~engine.runtimes.BackendInfo`.
     card
         The model card (dict).
     """
 
-    def __init__(self, kind: str, loaded: Any, runtime: str, device: str = "cpu",
-                 session: Any | None = None) -> None:
+    def __init__(self, kind: str, loaded: Any, backend: Backend) -> None:
         self.kind = kind
         self._loaded = loaded
+        self.backend = backend
         self.model_name: str = loaded.name
         self.model_version: str = loaded.version
         self.card: dict[str, Any] = loaded.card
         self.threshold: float = float(loaded.card.get("threshold", {}).get("value", 0.5))
         self.input_size: int = int(loaded.config.get("image_size", 256))
-        self.runtime = runtime
-        self.device = device
-        self._session = session
-        self._half = False
-        if runtime == "torch":
-            import torch
-
-            if device.startswith("cuda"):
-                self._half = True
-                loaded.model.to(device).half()
-            loaded.model.eval()
-            torch.set_grad_enabled(torch.is_grad_enabled())
+        self.runtime: str = backend.info.runtime
+        self.precision: str = backend.info.precision
+        self.device: str = backend.info.device
+        self.batch_size: int = backend.info.batch_size
+        self.gpu_preprocessing = self.device.startswith("cuda") and os.environ.get("TRIAGE_GPU_PREPROCESS", "1") != "0"
 
     def __repr__(self) -> str:
         return (f"Predictor(kind={self.kind!r}, model_version={self.model_version!r}, runtime={self.runtime!r}, "
-                f"threshold={self.threshold:.4f}, input_size={self.input_size})")
+                f"precision={self.precision!r}, device={self.device!r}, threshold={self.threshold:.4f}, "
+                f"input_size={self.input_size})")
 
     @property
     def torch_model(self) -> Any:
-        """The fp32 torch network (used by :mod:`engine.explain` whatever the runtime)."""
+        """The fp32 three-channel torch network (used by :mod:`engine.explain` whatever the runtime)."""
         return self._loaded.model
 
     def preprocess(self, gray: NDArray) -> NDArray[np.float32]:
-        """THE preprocessing at this model's input size: (3, S, S) float32."""
+        """THE preprocessing at this model's input size: (3, S, S) float32, as in training."""
         return preprocess(gray, self.input_size)
 
-    def predict(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        """COVID probabilities (N,) for a preprocessed batch (N, 3, S, S)."""
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1:] != (3, self.input_size, self.input_size):
-            raise ValueError(f"expected a batch of shape (N, 3, {self.input_size}, {self.input_size}), got {x.shape}")
-        if len(x) == 0:
-            return np.zeros((0,), dtype=np.float32)
-        if self._session is not None:
-            logits = self._session.run(None, {"input": x})[0][:, 0]
-        else:
-            import torch
+    def prepare(self, images: Sequence[NDArray]) -> Any:
+        """A batch ready for :meth:`predict`: THE preprocessing, in the channels the backend takes,
+        on the GPU (a tensor on the backend's device) when the backend runs there."""
+        if self.gpu_preprocessing:
+            from engine.preprocess_torch import preprocess_batch_torch
 
-            with torch.inference_mode():
-                t = torch.from_numpy(x).to(self.device)
-                if self._half:
-                    t = t.half()
-                logits = self._loaded.model(t)[:, 0].float().cpu().numpy()
+            return preprocess_batch_torch(list(images), self.input_size, self.device)
+        if not images:
+            return np.zeros((0, self.backend.info.channels, self.input_size, self.input_size), np.float32)
+        batch = np.stack([self.preprocess(im) for im in images])
+        return batch[:, :1] if self.backend.info.channels == 1 else batch
+
+    def predict(self, batch: Any) -> NDArray[np.float32]:
+        """COVID probabilities (N,) for a preprocessed batch (N, 3, S, S) or (N, 1, S, S).
+
+        Three channels must be identical (greyscale replicated, as THE preprocessing makes them);
+        backends that take one channel get the first.
+        """
+        shape = tuple(batch.shape)
+        if len(shape) != 4 or shape[1] not in (1, 3) or shape[2:] != (self.input_size, self.input_size):
+            raise ValueError(f"expected a batch of shape (N, 3 or 1, {self.input_size}, {self.input_size}), "
+                             f"got {shape}")
+        if shape[0] == 0:
+            return np.zeros((0,), dtype=np.float32)
+        if isinstance(batch, np.ndarray):
+            batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if shape[1] == 3 and self.backend.info.channels == 1:
+            if not (_same(batch[:, 0], batch[:, 1]) and _same(batch[:, 0], batch[:, 2])):
+                raise ValueError("the networks take greyscale replicated to three channels; "
+                                 "these three channels differ")
+            batch = batch[:, :1]
+        logits = self.backend.logits(batch)
         return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
 
-    def predict_images(self, images: Sequence[NDArray], batch_size: int = 8) -> NDArray[np.float32]:
+    def predict_images(self, images: Sequence[NDArray], batch_size: int | None = None) -> NDArray[np.float32]:
         """Preprocess and score greyscale images in batches; returns (len(images),) probabilities."""
-        out = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            out.append(self.predict(np.stack([self.preprocess(im) for im in chunk])))
+        size = batch_size or self.batch_size
+        out = [self.predict(self.prepare(images[i:i + size])) for i in range(0, len(images), size)]
         return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
 
     def decide(self, scores: NDArray[np.floating]) -> NDArray[np.bool_]:
@@ -128,50 +137,65 @@ class Predictor:
         return np.asarray(scores) >= self.threshold
 
 
-def _onnx_cache_dir(wdir: Path) -> Path:
-    for d in (wdir / ".onnx-cache", Path.home() / ".cache" / "covid-triage" / "onnx"):
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            if os.access(d, os.W_OK):
-                return d
-        except OSError:
-            continue
-    return Path(tempfile.gettempdir())
-
-
-def export_onnx(loaded: Any, path: Path) -> Path:
-    """Export the network to ONNX (opset 17, dynamic batch axis), atomically."""
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray):
+        return bool(np.array_equal(a, b))
     import torch
 
-    size = int(loaded.config.get("image_size", 256))
-    model = loaded.model.eval()
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    import warnings
-
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter; dynamo needs onnxscript
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=["logit"],
-                          dynamic_axes={"input": {0: "batch"}, "logit": {0: "batch"}})
-    os.replace(tmp, path)
-    return path
+    return bool(torch.equal(a, b))
 
 
-def _ort_session(loaded: Any, wdir: Path) -> Any:
-    import onnxruntime as ort
+def _gpu_present() -> bool:
+    try:
+        import torch
 
-    path = _onnx_cache_dir(wdir) / f"{loaded.name}-{loaded.sha256[:16]}-opset{ONNX_OPSET}.onnx"
-    if not path.is_file():
-        export_onnx(loaded, path)
-    opts = ort.SessionOptions()
-    threads = int(os.environ.get("TRIAGE_ORT_THREADS", "0") or 0)
-    if threads:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
 
 
-def load_predictor(kind: Kind, runtime: Runtime = "auto", *, model_name: str | None = None,
-                   weights_directory: Path | None = None, device: str = "cpu") -> Predictor:
+def make_backend(runtime: str, loaded: Any, wdir: Path, device: str | None = None) -> Backend:
+    """The backend for one named runtime (not ``auto``).
+
+    Raises
+    ------
+    RuntimeUnavailable
+        If that runtime cannot run here; the message says what is missing.
+    """
+    if runtime == "onnxruntime":
+        from engine.runtimes.ort_cpu import OrtBackend
+
+        try:
+            path = cached_onnx(loaded, wdir)
+        except Exception as exc:  # the exporter raises many types on a model it cannot trace
+            raise RuntimeUnavailable(f"ONNX export of {loaded.name} failed ({exc})") from exc
+        return OrtBackend(path)
+    if runtime == "cuda":
+        from engine.runtimes.torch_cuda import CudaBackend
+
+        return CudaBackend(loaded, device or "cuda")
+    if runtime == "tensorrt":
+        from engine.runtimes.tensorrt_backend import TensorRTBackend
+
+        index = int(device.split(":")[1]) if device and ":" in device else 0
+        return TensorRTBackend(loaded, wdir, device_index=index)
+    if runtime == "torch":
+        from engine.runtimes.torch_eager import EagerBackend
+
+        return EagerBackend(loaded.model, device or "cpu")
+    raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+
+
+def _auto_order(device: str | None) -> list[str]:
+    if device == "cpu":
+        return ["onnxruntime", "torch"]
+    if device is not None and device.startswith("cuda") or _gpu_present():
+        return ["tensorrt", "cuda", "onnxruntime", "torch"]
+    return ["onnxruntime", "torch"]
+
+
+def load_predictor(kind: Kind, runtime: Runtime | str = "auto", *, model_name: str | None = None,
+                   weights_directory: Path | None = None, device: str | None = None) -> Predictor:
     """Load the predictor for ``kind`` from the committed (or ``$TRIAGE_WEIGHTS_DIR``) weights.
 
     Parameters
@@ -179,18 +203,19 @@ def load_predictor(kind: Kind, runtime: Runtime = "auto", *, model_name: str | N
     kind
         ``"ct"`` (slices) or ``"cxr"`` (radiographs).
     runtime
-        ``"auto"``, ``"torch"`` or ``"onnxruntime"`` (see the module docstring).
+        ``auto``, ``tensorrt``, ``cuda``, ``onnxruntime`` or ``torch`` (see the module docstring).
     model_name
         Override the network (``ct-net``, ``deep-ct-net``, ``deep-cxr-net``).
     weights_directory
         Folder of the weights; default :func:`engine.weights.weights_dir`.
     device
-        ``"cpu"`` or ``"cuda"`` (torch runtime only; fp16 on CUDA).
+        ``cpu`` or ``cuda[:N]``; default: the runtime's own (a GPU for tensorrt and cuda).
 
     Raises
     ------
     WeightsError
-        If the weights are missing or corrupt (the message names the file and how to make it).
+        If the weights are missing or corrupt (the message names the file and how to make it), or a
+        runtime named explicitly cannot run here.
     ValueError
         For an unknown kind or runtime.
     """
@@ -198,21 +223,27 @@ def load_predictor(kind: Kind, runtime: Runtime = "auto", *, model_name: str | N
 
     if kind not in DEFAULT_MODELS:
         raise ValueError(f"kind must be one of {sorted(DEFAULT_MODELS)}, got {kind!r}")
-    if runtime not in ("auto", "torch", "onnxruntime"):
-        raise ValueError(f"runtime must be auto, torch or onnxruntime, got {runtime!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     name = model_name or DEFAULT_MODELS[kind]
     wdir = weights_directory or weights_dir()
     loaded = load_weights(name, wdir)
-    if runtime == "torch" or device.startswith("cuda"):
-        return Predictor(kind, loaded, "torch", device)
-    try:
-        session = _ort_session(loaded, wdir)
-    except Exception as exc:
-        if runtime == "onnxruntime":
-            raise WeightsError(f"ONNX Runtime could not load {weights_path(name, wdir)}: {exc}") from exc
-        _log.warning("engine.predictor.ort_unavailable: falling back to torch (%s)", exc)
-        return Predictor(kind, loaded, "torch", device)
-    return Predictor(kind, loaded, "onnxruntime", device, session=session)
+    if runtime != "auto":
+        try:
+            return Predictor(kind, loaded, make_backend(runtime, loaded, wdir, device))
+        except RuntimeUnavailable as exc:
+            raise WeightsError(f"runtime {runtime} cannot run {weights_path(name, wdir)} here: {exc}") from exc
+    reasons = []
+    for candidate in _auto_order(device):
+        try:
+            backend = make_backend(candidate, loaded, wdir, device)
+        except RuntimeUnavailable as exc:
+            reasons.append(f"{candidate}: {exc}")
+            continue
+        if reasons:
+            _log.warning("engine.predictor.runtime_fallback: using %s (%s)", candidate, "; ".join(reasons))
+        return Predictor(kind, loaded, backend)
+    raise WeightsError(f"no runtime can run {weights_path(name, wdir)}: {'; '.join(reasons)}")
 
 
 def default_threshold(name: str, directory: Path | None = None) -> float:

@@ -47,15 +47,30 @@ def test_onnxruntime_matches_torch_and_is_cached_by_weights_hash(kind: str, tiny
     torch_p = load_predictor(kind, runtime="torch", weights_directory=tiny_weights)
     ort_p = load_predictor(kind, runtime="onnxruntime", weights_directory=tiny_weights)
     assert ort_p.runtime == "onnxruntime" and ort_p.model_version == torch_p.model_version
+    assert ort_p.backend.info.channels == 1 and torch_p.backend.info.channels == 3
     images = [read_image(x) for x in ct_images[:3]]
     np.testing.assert_allclose(ort_p.predict_images(images), torch_p.predict_images(images), atol=1e-5)
     cached = list((tiny_weights / ".onnx-cache").glob(f"{torch_p.model_name}-{torch_p.model_version[-12:]}*.onnx"))
     assert len(cached) == 1
 
 
+def test_prepare_gives_the_backend_its_channels(tiny_weights: Path, ct_images: list[Path]) -> None:
+    images = [read_image(x) for x in ct_images[:2]]
+    ort_p = load_predictor("ct", runtime="onnxruntime", weights_directory=tiny_weights)
+    torch_p = load_predictor("ct", runtime="torch", weights_directory=tiny_weights)
+    grey, full = ort_p.prepare(images), torch_p.prepare(images)
+    assert grey.shape == (2, 1, 64, 64) and full.shape == (2, 3, 64, 64)
+    assert np.array_equal(grey[:, 0], full[:, 2])
+    np.testing.assert_allclose(ort_p.predict(full), ort_p.predict(grey), atol=0)
+    differing = full.copy()
+    differing[:, 1] += 1.0
+    with pytest.raises(ValueError, match="channels differ"):
+        ort_p.predict(differing)
+
+
 def test_auto_runtime_resolves_to_a_working_runtime(tiny_weights: Path) -> None:
     p = load_predictor("ct", weights_directory=tiny_weights)
-    assert p.runtime in ("onnxruntime", "torch")
+    assert p.runtime == "onnxruntime" and p.device == "cpu" and p.precision == "fp32"  # no GPU on CI
     assert p.predict(np.zeros((2, 3, 64, 64), np.float32)).shape == (2,)
 
 
@@ -64,3 +79,5 @@ def test_missing_weights_raise_a_clear_error(tmp_path: Path) -> None:
         load_predictor("cxr", weights_directory=tmp_path)
     with pytest.raises(ValueError, match="kind"):
         load_predictor("mri", weights_directory=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="runtime"):
+        load_predictor("ct", runtime="openvino", weights_directory=tmp_path)
