@@ -64,14 +64,20 @@ def test_export_is_cached_by_weights_hash_and_redone_for_new_weights(tiny_weight
     assert cached_onnx(loaded, tiny_weights) != first
 
 
-def test_onnxruntime_settings_are_deliberate(tiny_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = cached_onnx(load_weights("ct-net", tiny_weights), tiny_weights)
+def test_onnxruntime_runs_one_single_threaded_run_per_core(tiny_weights: Path, ct_images: list[Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_weights("ct-net", tiny_weights)
+    path = cached_onnx(loaded, tiny_weights)
     info = OrtBackend(path).info
-    assert info.runtime == "onnxruntime" and info.channels == 1 and info.batch_size == 8
-    assert f"{available_cores()} threads" in info.detail and "spin on" in info.detail
-    monkeypatch.setenv("TRIAGE_ORT_THREADS", "1")
-    monkeypatch.setenv("TRIAGE_ORT_SPIN", "0")
-    assert "1 threads, spin off" in OrtBackend(path).info.detail
+    assert info.runtime == "onnxruntime" and info.channels == 1
+    assert info.detail.startswith(f"{available_cores()} parallel") and info.batch_size == 4 * available_cores()
+    monkeypatch.setenv("TRIAGE_ORT_THREADS", "3")
+    three = OrtBackend(path)
+    assert three.info.batch_size == 12
+    x = _real_batch(ct_images[:7], 64)[:, :1]
+    # split across three runs or run whole: the same logits, in the same order
+    np.testing.assert_allclose(three.logits(x), OrtBackend(path, threads=1).logits(x), rtol=1e-6, atol=1e-6)
+    assert three.logits(x[:1]).shape == (1,)
 
 
 def test_committed_weights_export_within_bound(ct_images: list[Path]) -> None:
