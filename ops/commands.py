@@ -90,6 +90,14 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     return run_pipeline_benchmark(slices=args.slices, shared_data=args.data)
 
 
+def cmd_bench_inference(args: argparse.Namespace) -> int:
+    from ops.bench.inference import run_inference_benchmark
+
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else None
+    return run_inference_benchmark(args.models.split(","), batches, seconds=args.seconds, rounds=args.rounds,
+                                   paper_width=args.paper_width, shared_data=args.data)
+
+
 def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
@@ -179,6 +187,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     pipeline.add_argument("--slices", type=int, default=100)
     pipeline.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
     pipeline.set_defaults(func=cmd_bench_pipeline)
+    inference = bench_sub.add_parser(
+        "inference",
+        help="every inference runtime side by side with eager PyTorch fp32, per model",
+        description="Per model: runtime, precision, batch, slices/s, p50/p99 batch latency and the ratio to "
+        "eager PyTorch fp32 measured in the same run (interleaved rounds); then the per-slice time of decode, "
+        "preprocess and infer for real 512x512 CT slices, and the inference time of a 300-slice study.",
+    )
+    inference.add_argument("--models", default="deep-ct-net,ct-net,deep-cxr-net")
+    inference.add_argument("--batches", default=None, help="comma-separated (default 1,8,32 on CPU; 1,64,256 on GPU)")
+    inference.add_argument("--seconds", type=float, default=6.0, help="measuring time per row")
+    inference.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    inference.add_argument("--paper-width", action="store_true",
+                           help="the papers' full-width networks with random weights instead of the committed ones")
+    inference.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
+    inference.set_defaults(func=cmd_bench_inference)
     fuzzing = bench_sub.add_parser(
         "fuzz",
         help="mutation fuzzing of the parse, decode and preprocess path",

@@ -124,6 +124,7 @@ def analyse_job(ctx: WorkerContext, job_id: int) -> Outcome:
                         skipped_slices)
     event(log, "analysis.done", job_id=job_id, study_uid=study_uid, kind=selection.kind, slices=len(images),
           score=round(score, 4), decision=decision, model=model.model_name, model_version=model.model_version,
+          runtime=model.runtime, precision=model.precision,
           **{f"s_{k}": v for k, v in timer.seconds.items()})
     return Outcome(JobState.done, decision, result_id)
 

@@ -12,20 +12,20 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-# Batch sizes that keep the CPU runtimes near their best throughput without holding a whole
-# 300-slice volume of float tensors in memory at once.
-_BATCH = {"onnxruntime": 16, "torch": 8}
-
-
 class _Timer(Protocol):
     def stage(self, name: str) -> Any: ...
 
 
 def load_model(kind: str) -> Any:
-    """The engine's predictor for ``kind``; ``TRIAGE_RUNTIME`` picks the runtime (auto by default)."""
+    """The engine's predictor for ``kind`` behind a batching front shared by this process's jobs.
+
+    ``TRIAGE_RUNTIME`` picks the runtime (auto by default). With the threads pool and concurrency
+    above one (the GPU worker), studies analysed at the same time share batches.
+    """
+    from engine.batching import BatchingPredictor
     from engine.predictor import load_predictor
 
-    return load_predictor(kind, os.environ.get("TRIAGE_RUNTIME", "auto"))  # type: ignore[arg-type]
+    return BatchingPredictor(load_predictor(kind, os.environ.get("TRIAGE_RUNTIME", "auto")))  # type: ignore[arg-type]
 
 
 def decode(ds: Any, kind: str) -> NDArray[np.uint8]:
@@ -37,16 +37,20 @@ def decode(ds: Any, kind: str) -> NDArray[np.uint8]:
 
 
 def score(model: Any, images: list[NDArray[np.uint8]], timer: _Timer) -> list[float]:
-    """COVID probability of every image, timed as "preprocess" and "infer"."""
-    batch_size = _BATCH.get(getattr(model, "runtime", "torch"), 8)
-    scores: list[float] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
+    """COVID probability of every image.
+
+    "preprocess" is the time this job spends preparing batches; "infer" the time it then waits for
+    the scores. Batches go to the inference thread as soon as they are ready, so inference of one
+    batch overlaps preprocessing of the next, and the two stages need not add up to the wall time.
+    """
+    caller = model.new_caller()
+    futures = []
+    for start in range(0, len(images), model.batch_size):
         with timer.stage("preprocess"):
-            batch = np.stack([model.preprocess(image) for image in chunk])
-        with timer.stage("infer"):
-            scores.extend(float(s) for s in model.predict(batch))
-    return scores
+            batch = model.prepare(images[start:start + model.batch_size])
+        futures.append(model.submit(batch, caller))
+    with timer.stage("infer"):
+        return [float(s) for f in futures for s in f.result()]
 
 
 def overlay(model: Any, gray: NDArray[np.uint8]) -> NDArray[np.uint8]:
