@@ -46,7 +46,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     app = make_celery(settings)
     app.set_default()
     app.worker_main([
-        "worker", "--loglevel", settings.log_level, "--pool", args.pool,
+        "worker", "--loglevel", settings.log_level, "--pool", args.pool or settings.worker_pool,
         "--concurrency", str(settings.worker_concurrency), "--queues", QUEUE,
         "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--hostname", f"triage-{os.getpid()}@{socket.gethostname()}",
@@ -148,8 +148,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "embedded SQLite broker under TRIAGE_DATA_DIR otherwise): select the series, run the model, write "
         "the SR and SC objects and send them to TRIAGE_DESTINATIONS. SIGTERM finishes the running job.",
     )
-    worker.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
-                        help="Celery pool (prefork: a killed job process is redelivered at once)")
+    worker.add_argument("--pool", default=None, choices=["prefork", "solo", "threads"],
+                        help="Celery pool (default TRIAGE_WORKER_POOL: prefork)")
     worker.set_defaults(func=cmd_worker)
 
     db = subparsers.add_parser("db", help="database migrations")

@@ -164,6 +164,11 @@ class Settings(BaseSettings):
         description="Seconds before the broker redelivers an unacknowledged job (longer than the longest job).",
     )
     worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs one worker runs at once.")
+    worker_pool: Literal["prefork", "threads", "solo"] = Field(
+        default="prefork",
+        description="Celery pool: prefork (a killed job process is redelivered at once) or threads (the jobs "
+        "share one model and, on a GPU, their slices share batches).",
+    )
     key_slices: int = Field(default=3, ge=1, le=20, description="Key slices per CT study given heatmaps.")
 
     # logging
@@ -296,7 +301,8 @@ def _check_unknown_env() -> None:
 
 
 # Variables read by other parts of the product (the engine's runtime choice and data location).
-EXTRA_ENV: set[str] = {ENV_PREFIX + "RUNTIME", ENV_PREFIX + "SHARED_DATA", ENV_PREFIX + "WEIGHTS_DIR", ENV_PREFIX + "ORT_THREADS"}
+EXTRA_ENV: set[str] = {ENV_PREFIX + name for name in (
+    "RUNTIME", "SHARED_DATA", "WEIGHTS_DIR", "ORT_THREADS", "GPU_PREPROCESS")}
 
 
 def _explain(exc: ValidationError) -> str:

@@ -88,6 +88,8 @@ def test_orthanc_studies_come_back_with_sr_and_sc(
     port = free_port()
     env = node_env(tmp_path, port=port, broker_url=_redis_url() if broker == "redis" else None,
                    destinations=f"PACS@127.0.0.1:{orthanc.dicom_port}")
+    if broker == "redis":  # the GPU worker's layout: one process, jobs on threads sharing the models
+        env.update(TRIAGE_WORKER_POOL="threads", TRIAGE_WORKER_CONCURRENCY="2")
     node = NodeProcess("serve", tmp_path, env)
     try:
         node.wait_port(port)
