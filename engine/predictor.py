@@ -98,7 +98,7 @@ class Predictor:
         if self.gpu_preprocessing:
             from engine.preprocess_torch import preprocess_batch_torch
 
-            return preprocess_batch_torch(list(images), self.input_size, self.device)
+            return preprocess_batch_torch(list(images), self.input_size, self.device, channels=self.backend.info.channels)
         if not images:
             return np.zeros((0, self.backend.info.channels, self.input_size, self.input_size), np.float32)
         batch = np.stack([self.preprocess(im) for im in images])
