@@ -215,8 +215,8 @@ def _per_item(fn: Callable[[], Any], items: int, repeat: int = 5) -> float:
     return statistics.median(times) / items
 
 
-def _study_time(loaded: Any, wdir: Path) -> tuple[str, float]:
-    """Inference of a 300-slice study, slices already preprocessed (on the GPU when there is one)."""
+def _study_time(loaded: Any, wdir: Path, slices: int) -> tuple[str, float]:
+    """Inference of a whole study, slices already preprocessed (on the GPU when there is one)."""
     import torch
 
     from engine.predictor import Predictor, _auto_order, make_backend
@@ -230,11 +230,11 @@ def _study_time(loaded: Any, wdir: Path) -> tuple[str, float]:
             continue
     predictor = Predictor("ct", loaded, backend)
     size = predictor.input_size
-    x = np.random.default_rng(1).standard_normal((STUDY_SLICES, backend.info.channels, size, size)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((slices, backend.info.channels, size, size)).astype(np.float32)
     data: Any = torch.from_numpy(x).to(predictor.device) if predictor.device.startswith("cuda") else x
 
     def study() -> None:
-        for start in range(0, STUDY_SLICES, predictor.batch_size):
+        for start in range(0, slices, predictor.batch_size):
             predictor.predict(data[start:start + predictor.batch_size])
 
     seconds = _per_item(study, 1, repeat=3)
@@ -242,7 +242,8 @@ def _study_time(loaded: Any, wdir: Path) -> tuple[str, float]:
 
 
 def run_inference_benchmark(models: list[str], batches: list[int] | None = None, seconds: float = 6.0,
-                            rounds: int = 3, paper_width: bool = False, shared_data: str | None = None) -> int:
+                            rounds: int = 3, paper_width: bool = False, shared_data: str | None = None,
+                            study_slices: int = STUDY_SLICES) -> int:
     import torch
 
     from engine.weights import WeightsError, load_weights, weights_dir
@@ -289,10 +290,10 @@ def run_inference_benchmark(models: list[str], batches: list[int] | None = None,
     data = Path(shared_data) if shared_data else Path(os.environ.get("TRIAGE_SHARED_DATA", DEFAULT_SHARED))
     _stage_table(data, gpu)
     if study_loaded is not None:
-        how, seconds_study = _study_time(*study_loaded)
+        how, seconds_study = _study_time(*study_loaded, study_slices)
         ms = seconds_study * 1000
         target = f" (GPU target < {STUDY_TARGET_MS:.0f} ms: {'met' if ms < STUDY_TARGET_MS else 'NOT met'})" if gpu else ""
-        print(f"\n{STUDY_SLICES}-slice CT study, inference only ({study_loaded[0].name}, {how}): {ms:.1f} ms{target}")
+        print(f"\n{study_slices}-slice CT study, inference only ({study_loaded[0].name}, {how}): {ms:.1f} ms{target}")
     print("\nTargets:")
     for line in verdicts:
         print(f"  {line}")
