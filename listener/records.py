@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -34,11 +34,29 @@ class Recorded:
     series_id: int
 
 
+# The hot-path statements are built once, with bound parameters, and run on the session's Connection:
+# building a statement, computing its cache key and the ORM's execute machinery cost more than the
+# SQLite work itself (about 1.2 ms of 1.6 ms per instance, measured with ops/bench/ingest.py).
+_FIND_PATH = select(Instance.path).where(Instance.sop_instance_uid == bindparam("p_sop"))
+_REOPEN = (
+    update(Study)
+    .where(Study.id == bindparam("p_study"), Study.state == StudyState.complete)
+    .values(state=StudyState.receiving, opened_at=bindparam("p_now"))
+)
+_TOUCH_STUDY = (
+    update(Study)
+    .where(Study.id == bindparam("p_study"))
+    .values(last_instance_at=bindparam("p_now"), instance_count=Study.instance_count + 1)
+)
+_COUNT_SERIES = (
+    update(Series).where(Series.id == bindparam("p_series")).values(instance_count=Series.instance_count + 1)
+)
+_ADD_INSTANCE = insert(Instance).returning(Instance.id)
+
+
 def find_instance_path(session: Session, sop_instance_uid: str) -> str | None:
     """Storage path of an already recorded instance, or None."""
-    return session.execute(
-        select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid)
-    ).scalar_one_or_none()
+    return session.connection().execute(_FIND_PATH, {"p_sop": sop_instance_uid}).scalar_one_or_none()
 
 
 def _insert_ignore(session: Session, table: object, values: dict[str, object], key: str) -> None:
@@ -87,37 +105,22 @@ def record_instance(
     and analysed, again after the next quiet period.
     """
     study_id, series_id = ids if ids is not None else hierarchy_ids(session, meta, now)
-    reopened = session.execute(
-        update(Study)
-        .where(Study.id == study_id, Study.state == StudyState.complete)
-        .values(state=StudyState.receiving, opened_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
-    session.execute(
-        update(Study)
-        .where(Study.id == study_id)
-        .values(last_instance_at=now, instance_count=Study.instance_count + 1)
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(
-        update(Series)
-        .where(Series.id == series_id)
-        .values(instance_count=Series.instance_count + 1)
-        .execution_options(synchronize_session=False)
-    )
-    instance_id = session.execute(
-        insert(Instance)
-        .values(
-            series_id=series_id,
-            sop_instance_uid=meta.sop_instance_uid,
-            sop_class_uid=meta.sop_class_uid,
-            transfer_syntax_uid=meta.transfer_syntax_uid,
-            instance_number=meta.instance_number,
-            path=path,
-            size_bytes=size_bytes,
-            calling_ae=calling_ae,
-            received_at=now,
-        )
-        .returning(Instance.id)
+    conn = session.connection()
+    reopened = conn.execute(_REOPEN, {"p_study": study_id, "p_now": now}).rowcount == 1
+    conn.execute(_TOUCH_STUDY, {"p_study": study_id, "p_now": now})
+    conn.execute(_COUNT_SERIES, {"p_series": series_id})
+    instance_id = conn.execute(
+        _ADD_INSTANCE,
+        {
+            "series_id": series_id,
+            "sop_instance_uid": meta.sop_instance_uid,
+            "sop_class_uid": meta.sop_class_uid,
+            "transfer_syntax_uid": meta.transfer_syntax_uid,
+            "instance_number": meta.instance_number,
+            "path": path,
+            "size_bytes": size_bytes,
+            "calling_ae": calling_ae,
+            "received_at": now,
+        },
     ).scalar_one()
     return Recorded(instance_id=instance_id, reopened=reopened, study_id=study_id, series_id=series_id)
