@@ -52,12 +52,29 @@ class InstanceStore:
         so the rename itself survives a power cut. ENOSPC and other OS errors propagate after the
         temporary file is removed.
         """
+        self.place(self.write_temp(data), rel)
+        return len(data)
+
+    def write_temp(self, data: bytes | memoryview) -> Path:
+        """First half of :meth:`write`: the bytes in a new temporary file, fsynced; its path.
+
+        Touches nothing outside ``<root>/tmp``; on failure the temporary file is removed and the
+        error (ENOSPC, ...) propagates. Follow with :meth:`place` or :meth:`discard`.
+        """
         tmp = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             with open(tmp, "xb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def place(self, tmp: Path, rel: Path) -> None:
+        """Second half of :meth:`write`: rename a fsynced temporary file to ``rel``, fsync its folder."""
+        try:
             final = self.root / rel
             self._make_dirs(final.parent)
             os.replace(tmp, final)
@@ -65,7 +82,10 @@ class InstanceStore:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(final.parent)
-        return len(data)
+
+    def discard(self, tmp: Path) -> None:
+        """Remove a temporary file that will not be placed (no fsync: it never had a final name)."""
+        tmp.unlink(missing_ok=True)
 
     def remove(self, rel: Path | str) -> None:
         """Remove a placed file (its database row could not be committed)."""
