@@ -11,6 +11,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance
@@ -97,3 +98,29 @@ def test_database_unavailable_answers_out_of_resources_and_leaves_no_file(
     assert _files_under(listener.store.root) == []
     scenario_report("database unavailable", sent=1, acknowledged=0, stored=0, lost=0, duplicated=0,
                     note="answered 0xA700, no orphan file")
+
+
+def test_commit_comes_after_the_file_is_placed_and_a_failed_commit_removes_it(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    listener = listener_factory(sessions)
+    seen_at_commit: list[list[Path]] = []
+
+    def failing_commit(self: Session) -> None:
+        seen_at_commit.append([p for p in _files_under(listener.store.root) if p.parent != listener.store.tmp_dir])
+        raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(Session, "commit", failing_commit)
+    instance = copy_with_new_identity(ct_files[0], tmp_path / "one.dcm")
+    assert send_files(listener.port, [instance]) == [statuses.OUT_OF_RESOURCES]
+    monkeypatch.undo()
+    # the file had its final name (written, fsynced, renamed) when the commit was attempted ...
+    assert len(seen_at_commit) == 1 and [p.name for p in seen_at_commit[0]] == [
+        pydicom.dcmread(instance, stop_before_pixels=True).SOPInstanceUID + ".dcm"]
+    # ... and nothing is left once the commit failed: no file, no temporary file, no row
+    assert _files_under(listener.store.root) == []
+    with sessions() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 0
+    # the sender's retry stores it
+    assert send_files(listener.port, [instance]) == [statuses.SUCCESS]
