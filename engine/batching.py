@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,12 +93,22 @@ class BatchingPredictor:
             self._callers += 1
             return self._callers
 
-    def predict_images(self, images: Sequence[NDArray]) -> NDArray[np.float32]:
-        """Score greyscale images, preprocessing chunk k+1 while chunk k is inferred."""
+    def predict_images(self, images: Sequence[NDArray],
+                       stage: Callable[[str], AbstractContextManager[Any]] | None = None) -> NDArray[np.float32]:
+        """Score greyscale images, preprocessing chunk k+1 while chunk k is inferred.
+
+        ``stage(name)``, if given, times "preprocess" (this thread preparing batches) and "infer"
+        (then waiting for the scores); with the overlap the two need not add up to the wall time.
+        """
+        timed = stage or (lambda name: nullcontext())
         caller = self.new_caller()
-        futures = [self.submit(self.predictor.prepare(images[i:i + self.batch_size]), caller)
-                   for i in range(0, len(images), self.batch_size)]
-        parts = [f.result() for f in futures]
+        futures = []
+        for i in range(0, len(images), self.batch_size):
+            with timed("preprocess"):
+                rows = self.predictor.prepare(images[i:i + self.batch_size])
+            futures.append(self.submit(rows, caller))
+        with timed("infer"):
+            parts = [f.result() for f in futures]
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
     def _take(self) -> list[tuple[_Chunk, int, int]]:

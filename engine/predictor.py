@@ -26,12 +26,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.preprocess import preprocess
-from engine.runtimes import RUNTIMES, Backend, RuntimeUnavailable
+from engine.runtimes import RUNTIMES, Backend, RuntimeUnavailable, gpu_present
 from engine.runtimes.onnx_export import ONNX_OPSET, cached_onnx, export_onnx
 from engine.weights import WeightsError, load_card, weights_dir, weights_path
 
-__all__ = ["DEFAULT_MODELS", "ONNX_OPSET", "Kind", "Predictor", "Runtime", "export_onnx", "load_predictor",
-           "make_backend"]
+__all__ = ["DEFAULT_MODELS", "ONNX_OPSET", "Kind", "Predictor", "Runtime", "auto_backend", "export_onnx",
+           "load_predictor", "make_backend"]
 
 Kind = Literal["ct", "cxr"]
 Runtime = Literal["auto", "tensorrt", "cuda", "onnxruntime", "torch"]
@@ -99,10 +99,10 @@ class Predictor:
             from engine.preprocess_torch import preprocess_batch_torch
 
             return preprocess_batch_torch(list(images), self.input_size, self.device, channels=self.backend.info.channels)
+        channels = self.backend.info.channels
         if not images:
-            return np.zeros((0, self.backend.info.channels, self.input_size, self.input_size), np.float32)
-        batch = np.stack([self.preprocess(im) for im in images])
-        return batch[:, :1] if self.backend.info.channels == 1 else batch
+            return np.zeros((0, channels, self.input_size, self.input_size), np.float32)
+        return np.stack([preprocess(im, self.input_size, channels) for im in images])
 
     def predict(self, batch: Any) -> NDArray[np.float32]:
         """COVID probabilities (N,) for a preprocessed batch (N, 3, S, S) or (N, 1, S, S).
@@ -145,15 +145,6 @@ def _same(a: Any, b: Any) -> bool:
     return bool(torch.equal(a, b))
 
 
-def _gpu_present() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
-
-
 def make_backend(runtime: str, loaded: Any, wdir: Path, device: str | None = None) -> Backend:
     """The backend for one named runtime (not ``auto``).
 
@@ -187,11 +178,29 @@ def make_backend(runtime: str, loaded: Any, wdir: Path, device: str | None = Non
 
 
 def _auto_order(device: str | None) -> list[str]:
-    if device == "cpu":
-        return ["onnxruntime", "torch"]
-    if device is not None and device.startswith("cuda") or _gpu_present():
-        return ["tensorrt", "cuda", "onnxruntime", "torch"]
-    return ["onnxruntime", "torch"]
+    on_gpu = device.startswith("cuda") if device is not None else gpu_present()
+    return ["tensorrt", "cuda", "onnxruntime", "torch"] if on_gpu else ["onnxruntime", "torch"]
+
+
+def auto_backend(loaded: Any, wdir: Path, device: str | None = None) -> Backend:
+    """The fastest backend that loads here (see :mod:`engine.runtimes`); each fallback is logged.
+
+    Raises
+    ------
+    RuntimeUnavailable
+        If none loads; the message gives every runtime's reason.
+    """
+    reasons = []
+    for candidate in _auto_order(device):
+        try:
+            backend = make_backend(candidate, loaded, wdir, device)
+        except RuntimeUnavailable as exc:
+            reasons.append(f"{candidate}: {exc}")
+            continue
+        if reasons:
+            _log.warning("engine.predictor.runtime_fallback: using %s (%s)", candidate, "; ".join(reasons))
+        return backend
+    raise RuntimeUnavailable("; ".join(reasons))
 
 
 def load_predictor(kind: Kind, runtime: Runtime | str = "auto", *, model_name: str | None = None,
@@ -233,17 +242,10 @@ def load_predictor(kind: Kind, runtime: Runtime | str = "auto", *, model_name: s
             return Predictor(kind, loaded, make_backend(runtime, loaded, wdir, device))
         except RuntimeUnavailable as exc:
             raise WeightsError(f"runtime {runtime} cannot run {weights_path(name, wdir)} here: {exc}") from exc
-    reasons = []
-    for candidate in _auto_order(device):
-        try:
-            backend = make_backend(candidate, loaded, wdir, device)
-        except RuntimeUnavailable as exc:
-            reasons.append(f"{candidate}: {exc}")
-            continue
-        if reasons:
-            _log.warning("engine.predictor.runtime_fallback: using %s (%s)", candidate, "; ".join(reasons))
-        return Predictor(kind, loaded, backend)
-    raise WeightsError(f"no runtime can run {weights_path(name, wdir)}: {'; '.join(reasons)}")
+    try:
+        return Predictor(kind, loaded, auto_backend(loaded, wdir, device))
+    except RuntimeUnavailable as exc:
+        raise WeightsError(f"no runtime can run {weights_path(name, wdir)}: {exc}") from exc
 
 
 def default_threshold(name: str, directory: Path | None = None) -> float:

@@ -139,7 +139,7 @@ def standardize(image: NDArray[np.floating], eps: float = 1e-6) -> NDArray[np.fl
     return ((f - f.mean()) / (f.std() + eps)).astype(np.float32)
 
 
-def preprocess(gray: NDArray, size: int = DEFAULT_SIZE) -> NDArray[np.float32]:
+def preprocess(gray: NDArray, size: int = DEFAULT_SIZE, channels: int = 3) -> NDArray[np.float32]:
     """THE preprocessing: equalise, resize, blur, standardise, replicate to 3 channels.
 
     Parameters
@@ -149,16 +149,19 @@ def preprocess(gray: NDArray, size: int = DEFAULT_SIZE) -> NDArray[np.float32]:
         already be lung-windowed with :func:`window_hu`). RGB(A) is reduced to luminance.
     size
         Output side in pixels; the model card of each trained model says which size it needs.
+    channels
+        3 as the networks were trained; 1 for the inference runtimes that fold the replication into
+        the stem (:mod:`engine.runtimes.grey`), which then skip the copy.
 
     Returns
     -------
     numpy.ndarray
-        float32 array of shape ``(3, size, size)``.
+        float32 array of shape ``(channels, size, size)``.
     """
     g = equalize_histogram(to_uint8(gray))
     g = resize(g, size)
     f = standardize(gaussian_blur_3x3(g))
-    return np.repeat(f[None], 3, axis=0)
+    return f[None] if channels == 1 else np.repeat(f[None], channels, axis=0)
 
 
 def preprocess_batch(images: list[NDArray], size: int = DEFAULT_SIZE) -> NDArray[np.float32]:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+
 class _Timer(Protocol):
     def stage(self, name: str) -> Any: ...
 
@@ -37,20 +38,9 @@ def decode(ds: Any, kind: str) -> NDArray[np.uint8]:
 
 
 def score(model: Any, images: list[NDArray[np.uint8]], timer: _Timer) -> list[float]:
-    """COVID probability of every image.
-
-    "preprocess" is the time this job spends preparing batches; "infer" the time it then waits for
-    the scores. Batches go to the inference thread as soon as they are ready, so inference of one
-    batch overlaps preprocessing of the next, and the two stages need not add up to the wall time.
-    """
-    caller = model.new_caller()
-    futures = []
-    for start in range(0, len(images), model.batch_size):
-        with timer.stage("preprocess"):
-            batch = model.prepare(images[start:start + model.batch_size])
-        futures.append(model.submit(batch, caller))
-    with timer.stage("infer"):
-        return [float(s) for f in futures for s in f.result()]
+    """COVID probability of every image, timed as "preprocess" and "infer" (which overlap: see
+    :meth:`engine.batching.BatchingPredictor.predict_images`)."""
+    return [float(s) for s in model.predict_images(images, stage=timer.stage)]
 
 
 def overlay(model: Any, gray: NDArray[np.uint8]) -> NDArray[np.uint8]:

@@ -9,4 +9,13 @@ from engine.runtimes.base import Backend, BackendInfo, RuntimeUnavailable
 
 RUNTIMES = ("auto", "tensorrt", "cuda", "onnxruntime", "torch")
 
-__all__ = ["RUNTIMES", "Backend", "BackendInfo", "RuntimeUnavailable"]
+__all__ = ["RUNTIMES", "Backend", "BackendInfo", "RuntimeUnavailable", "gpu_present"]
+
+
+def gpu_present() -> bool:
+    """True where PyTorch sees a CUDA GPU (False, not an error, where torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())

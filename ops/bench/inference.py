@@ -66,15 +66,6 @@ class Row:
         return float(np.percentile(self.latencies, q) * 1000.0) if self.latencies else float("nan")
 
 
-def _gpu() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
-
-
 def _sync() -> None:
     import torch
 
@@ -149,7 +140,7 @@ def _rows_for(loaded: Any, wdir: Path, batches: list[int], gpu: bool) -> tuple[l
 def _print_table(name: str, size: int, rows: list[Row]) -> dict[int, float]:
     eager = {r.batch: r.per_second for r in rows if r.runtime == "torch" and r.precision == "fp32"}
     print(f"\n{name} ({size}x{size})")
-    print(f"| runtime | precision | batch | slices/s | p50 ms | p99 ms | vs eager fp32 | detail |")
+    print("| runtime | precision | batch | slices/s | p50 ms | p99 ms | vs eager fp32 | detail |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = r.per_second / eager[r.batch] if eager.get(r.batch) else float("nan")
@@ -219,16 +210,10 @@ def _study_time(loaded: Any, wdir: Path, slices: int) -> tuple[str, float]:
     """Inference of a whole study, slices already preprocessed (on the GPU when there is one)."""
     import torch
 
-    from engine.predictor import Predictor, _auto_order, make_backend
-    from engine.runtimes import RuntimeUnavailable
+    from engine.predictor import Predictor, auto_backend
 
-    for name in _auto_order(None):
-        try:
-            backend = make_backend(name, loaded, wdir)
-            break
-        except RuntimeUnavailable:
-            continue
-    predictor = Predictor("ct", loaded, backend)
+    predictor = Predictor("ct", loaded, auto_backend(loaded, wdir))
+    backend = predictor.backend
     size = predictor.input_size
     x = np.random.default_rng(1).standard_normal((slices, backend.info.channels, size, size)).astype(np.float32)
     data: Any = torch.from_numpy(x).to(predictor.device) if predictor.device.startswith("cuda") else x
@@ -248,9 +233,12 @@ def run_inference_benchmark(models: list[str], batches: list[int] | None = None,
 
     from engine.weights import WeightsError, load_weights, weights_dir
 
-    gpu = _gpu()
+    from engine.runtimes import gpu_present
+    from engine.runtimes.ort_cpu import available_cores
+
+    gpu = gpu_present()
     batches = batches or ([1, 64, 256] if gpu else [1, 8, 32])
-    device = torch.cuda.get_device_name(0) if gpu else f"CPU, {len(os.sched_getaffinity(0))} cores"
+    device = torch.cuda.get_device_name(0) if gpu else f"CPU, {available_cores()} cores"
     print(f"triage bench inference: {device}; torch {torch.__version__}; interleaved in {rounds} rounds of "
           f"{seconds / rounds:.1f} s per row; weights: {'paper width, random' if paper_width else 'committed'}")
     verdicts: list[str] = []
