@@ -14,6 +14,9 @@ The C-STORE path (see DESIGN.md, listener/):
    Overlapping the file's write and fsync with the parse and the statements is what the ingest
    benchmark measured as worth keeping (``ops/bench/ingest.py``); the order on disk is unchanged.
 
+Associations are accepted through ``listener.reactor``: pynetdicom's own code, waiting on events
+instead of polling every millisecond (twice the transport's throughput, measured there).
+
 pynetdicom's option to stream data sets to temporary files (``STORE_RECV_CHUNKED_DATASET``) is
 deliberately not used: pynetdicom writes the file in its DUL reactor thread before the handler runs,
 so a write error there (ENOSPC) aborts the association instead of answering 0xA700, and the file lands
@@ -51,6 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import utcnow
 from listener import statuses
+from listener.reactor import EventDrivenRequestHandler
 from listener.records import InstanceMeta, find_instance_path, record_instance
 from listener.storage import InstanceStore
 from listener.uids import InvalidUID, check_uid
@@ -252,6 +256,7 @@ class Listener:
             ssl_context=self._ssl_context,
             evt_handlers=handlers,
             server_class=_AccessControlledServer,
+            request_handler=EventDrivenRequestHandler,
         )
         server.allowed_networks = self._allowed_networks
         self.ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() agree

@@ -1,24 +1,35 @@
 """A pynetdicom storage SCP that stores nothing: the transport's own ceiling, for the ingest benchmark.
 
-``python -m ops.bench.null_scp PORT`` answers every C-STORE with Success after pynetdicom has received
-the whole data set, and does nothing else. The listener cannot be faster than this.
+``python -m ops.bench.null_scp PORT [--stock]`` answers every C-STORE with Success after pynetdicom has
+received the whole data set, and does nothing else. By default it accepts associations the way the
+listener does (``listener.reactor``: woken by events, one-buffer reads); ``--stock`` uses pynetdicom's
+own polling reactor, so the benchmark shows what the listener's transport gained. The listener cannot
+be faster than this.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 
+from listener.reactor import EventDrivenRequestHandler
 
-def main(port: int) -> None:
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ops.bench.null_scp")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--stock", action="store_true", help="pynetdicom's own polling reactor")
+    args = parser.parse_args(argv)
     ae = AE(ae_title="NULLSCP")
     ae.supported_contexts = AllStoragePresentationContexts
     ae.maximum_pdu_size = 1_048_576
-    ae.start_server(("127.0.0.1", port), block=True,
-                    evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+    options = {} if args.stock else {"request_handler": EventDrivenRequestHandler}
+    server = ae.make_server(("127.0.0.1", args.port), evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
+                            **options)
+    server.serve_forever()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main()
