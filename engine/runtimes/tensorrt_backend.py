@@ -239,7 +239,10 @@ class TensorRTBackend:
         profile.set_shape(INPUT_NAME, *shapes)
         config.add_optimization_profile(profile)
         blob = self.timing_cache_path.read_bytes() if self.timing_cache_path.is_file() else b""
-        timing = config.create_timing_cache(blob)
+        try:
+            timing = config.create_timing_cache(blob)
+        except Exception:  # a corrupt cache file: some TensorRT versions raise, others return None
+            timing = None
         if timing is None:  # unreadable cache file: start afresh
             timing = config.create_timing_cache(b"")
         config.set_timing_cache(timing, ignore_mismatch=False)
