@@ -1,4 +1,4 @@
-"""``triage`` subcommands of the engine: train, evaluate, predict, explain.
+"""``triage`` subcommands of the engine: train, evaluate, calibrate, predict, explain.
 
 torch and the models are imported inside the handlers, so ``triage --help`` stays fast.
 
@@ -23,7 +23,7 @@ _MODELS = ("ct-net", "deep-ct-net", "deep-cxr-net")
 
 
 def register(subparsers: Any) -> None:
-    """Add ``train``, ``evaluate``, ``predict`` and ``explain`` to the ``triage`` CLI."""
+    """Add ``train``, ``evaluate``, ``calibrate``, ``predict`` and ``explain`` to the ``triage`` CLI."""
     p = subparsers.add_parser("train", help="train a model and write its fp16 weights and model card",
                               description="Train MODEL on the shared data (TRIAGE_SHARED_DATA), keep the best "
                                           "epoch on val AUC, choose the threshold on val and write "
@@ -57,6 +57,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--bootstrap", type=int, default=1000)
     p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser("calibrate", help="int8 activation ranges for ONNX Runtime, checked against fp32 on val",
+                              description="Compute the int8 activation ranges of MODEL's fp32 ONNX export on the "
+                                          "train split, build the int8 model from them and compare it with fp32 on "
+                                          "the val split (AUC, max and mean |prob change|, decisions that change at "
+                                          "the card's threshold). Writes MODEL.int8.json beside the weights only if "
+                                          "the bounds hold; exit 0 if written, 1 if not, 2 on a weights or data error.")
+    p.add_argument("model", choices=_MODELS)
+    p.add_argument("--weights-dir", type=Path, default=None, help="default: TRIAGE_WEIGHTS_DIR or engine/weights")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="calibrate on N train images spread over the split (default all)")
+    p.set_defaults(func=_calibrate)
 
     p = subparsers.add_parser("predict", help="COVID probability of image files (PNG/JPEG/DICOM), JSON lines",
                               description="One JSON line per input: {path, score, label} or {path, error}. "
@@ -114,6 +126,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     print(summary)
     return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from engine.calibrate import calibrate_model
+    from engine.data import DataUnavailable
+    from engine.weights import WeightsError
+
+    try:
+        written = calibrate_model(args.model, args.weights_dir, max_images=args.max_images,
+                                  log=lambda s: print(s, flush=True))
+    except (WeightsError, DataUnavailable) as exc:
+        print(f"triage calibrate: {exc}", file=sys.stderr)
+        return 2
+    return 0 if written else 1
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -4,7 +4,9 @@ A :class:`Predictor` turns greyscale images (from :mod:`engine.imageio`) into CO
 with THE preprocessing and the committed weights; a backend from :mod:`engine.runtimes` does the
 arithmetic:
 
-* ``onnxruntime``: ONNX Runtime on the CPU (the default without a GPU; ~2x eager PyTorch);
+* ``onnxruntime``: ONNX Runtime on the CPU (the default without a GPU; ~2-3x eager PyTorch), int8
+  where committed calibration ranges allow it (``TRIAGE_CPU_PRECISION``, see
+  :mod:`engine.runtimes.ort_cpu`), else fp32;
 * ``cuda``: PyTorch on a GPU in fp16, channels_last, CUDA graphs;
 * ``tensorrt``: a TensorRT fp16 engine built from the ONNX export (optional extra);
 * ``torch``: eager PyTorch fp32, the reference and the last fallback;
@@ -27,7 +29,7 @@ from numpy.typing import NDArray
 
 from engine.preprocess import preprocess
 from engine.runtimes import RUNTIMES, Backend, RuntimeUnavailable, gpu_present
-from engine.runtimes.onnx_export import ONNX_OPSET, cached_onnx, export_onnx
+from engine.runtimes.onnx_export import ONNX_OPSET, export_onnx
 from engine.weights import WeightsError, load_card, weights_dir, weights_path
 
 __all__ = ["DEFAULT_MODELS", "ONNX_OPSET", "Kind", "Predictor", "Runtime", "auto_backend", "export_onnx",
@@ -156,11 +158,7 @@ def make_backend(runtime: str, loaded: Any, wdir: Path, device: str | None = Non
     if runtime == "onnxruntime":
         from engine.runtimes.ort_cpu import OrtBackend
 
-        try:
-            path = cached_onnx(loaded, wdir)
-        except Exception as exc:  # the exporter raises many types on a model it cannot trace
-            raise RuntimeUnavailable(f"ONNX export of {loaded.name} failed ({exc})") from exc
-        return OrtBackend(path)
+        return OrtBackend.from_weights(loaded, wdir)
     if runtime == "cuda":
         from engine.runtimes.torch_cuda import CudaBackend
 

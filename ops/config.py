@@ -302,7 +302,7 @@ def _check_unknown_env() -> None:
 
 # Variables read by other parts of the product (the engine's runtime choice and data location).
 EXTRA_ENV: set[str] = {ENV_PREFIX + name for name in (
-    "RUNTIME", "SHARED_DATA", "WEIGHTS_DIR", "ORT_THREADS", "GPU_PREPROCESS")}
+    "RUNTIME", "SHARED_DATA", "WEIGHTS_DIR", "ORT_THREADS", "CPU_PRECISION", "GPU_PREPROCESS")}
 
 
 def _explain(exc: ValidationError) -> str:

@@ -38,7 +38,7 @@ class BackendInfo:
     runtime
         ``torch`` (eager), ``onnxruntime``, ``cuda`` (PyTorch on a GPU) or ``tensorrt``.
     precision
-        ``fp32`` or ``fp16``.
+        ``fp32``, ``fp16`` (GPU runtimes) or ``int8`` (ONNX Runtime on the CPU from calibrated ranges).
     device
         ``cpu`` or ``cuda:N``.
     channels

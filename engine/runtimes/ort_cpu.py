@@ -1,6 +1,6 @@
 """ONNX Runtime on the CPU: the default runtime of a worker without a GPU.
 
-Settings chosen, and why (measured on a 2-core AVX-512 EPYC; ``triage bench inference``):
+Settings chosen, and why (measured on a 2-core AVX-512 VNNI EPYC; ``triage bench inference``):
 
 * graph optimisation ``ORT_ENABLE_ALL``: constant folding, Conv+BatchNorm+ReLU fusion and the NCHWc
   blocked layout for AVX-512 convolutions (``ORT_ENABLE_EXTENDED``, without NCHWc, was 20-25 % slower).
@@ -10,25 +10,39 @@ Settings chosen, and why (measured on a 2-core AVX-512 EPYC; ``triage bench infe
   PyTorch this way, 1.7-2.0x with one two-threaded run. ``TRIAGE_ORT_THREADS`` sets the number of
   cores (default: the process's affinity mask, so a container's CPU set counts, not the host's).
 * batch 4 per core: the measured optimum; larger batches fall out of the caches.
-* int8 quantisation (QDQ, per-channel, static) was measured and not used: no faster on these
-  small-growth DenseNets (the time goes to memory-bound BatchNorm, Concat and layout reorders).
+* precision (``TRIAGE_CPU_PRECISION``: ``auto``, ``fp32`` or ``int8``): static int8 (QDQ, per-channel
+  int8 weights, uint8 activations; :mod:`engine.runtimes.int8`) where committed calibration ranges
+  match the current fp32 export and passed their accuracy check on val, else fp32; ``auto`` and
+  ``int8`` both fall back to fp32 with the reason logged. Run this way (single-threaded runs in
+  parallel), int8 deep-ct-net made 136 against 121 images/s at batch 1, 260 against 213 at batch 8
+  and 222 against 175 at batch 32 (+12 %, +22 %, +27 %; ct-net +31-43 %, deep-cxr-net +6-24 %). An
+  earlier measurement found int8 no faster, with one two-threaded run, where the time went to
+  synchronisation. What int8 does not save: BatchNormalization before each convolution stays fp32
+  between Dequantize and Quantize nodes, and QLinearConcat re-scales every input of DenseNet's
+  concatenations. No model ships ranges yet: none passed the accuracy bounds of
+  :mod:`engine.calibrate` (see there), so ``auto`` runs fp32 today.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from engine.runtimes.base import BackendInfo, RuntimeUnavailable
 
-__all__ = ["OrtBackend", "available_cores"]
+__all__ = ["CPU_PRECISIONS", "OrtBackend", "available_cores", "cpu_precision"]
 
 #: Slices per core in one batch.
 BATCH_PER_CORE = 4
+#: Values of ``TRIAGE_CPU_PRECISION``.
+CPU_PRECISIONS = ("auto", "fp32", "int8")
+_log = logging.getLogger("engine.runtimes")
 
 
 def available_cores() -> int:
@@ -39,10 +53,29 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class OrtBackend:
-    """An ONNX Runtime CPU session over a (grey-input) ONNX export, run on every core at once."""
+def cpu_precision() -> str:
+    """``TRIAGE_CPU_PRECISION`` (default ``auto``), checked.
 
-    def __init__(self, onnx_path: Path, *, threads: int | None = None, channels: int = 1) -> None:
+    Raises
+    ------
+    ValueError
+        If it is set to something else than ``auto``, ``fp32`` or ``int8``.
+    """
+    value = os.environ.get("TRIAGE_CPU_PRECISION", "").strip().lower() or "auto"
+    if value not in CPU_PRECISIONS:
+        raise ValueError(f"TRIAGE_CPU_PRECISION must be one of {', '.join(CPU_PRECISIONS)}, got {value!r}")
+    return value
+
+
+class OrtBackend:
+    """An ONNX Runtime CPU session over a (grey-input) ONNX model, run on every core at once.
+
+    ``precision`` only labels :attr:`info`: the model file decides the arithmetic. Use
+    :meth:`from_weights` to get the model for a precision.
+    """
+
+    def __init__(self, onnx_path: Path, *, threads: int | None = None, channels: int = 1,
+                 precision: str = "fp32") -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -62,8 +95,49 @@ class OrtBackend:
                 from exc
         self._threads = threads
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="ort") if threads > 1 else None
-        self.info = BackendInfo("onnxruntime", "fp32", "cpu", channels, BATCH_PER_CORE * threads,
+        self.info = BackendInfo("onnxruntime", precision, "cpu", channels, BATCH_PER_CORE * threads,
                                 f"{threads} parallel single-threaded runs, ORT_ENABLE_ALL")
+
+    @classmethod
+    def from_weights(cls, loaded: Any, weights_directory: Path, *, precision: str | None = None,
+                     threads: int | None = None) -> OrtBackend:
+        """The backend for these weights: their grey fp32 export, or its int8 model where allowed.
+
+        Parameters
+        ----------
+        loaded
+            :class:`engine.weights.LoadedWeights`.
+        precision
+            ``auto``, ``fp32`` or ``int8``; default :func:`cpu_precision`. ``auto`` and ``int8`` run
+            int8 where :func:`engine.runtimes.int8.cached_int8` gives a model and fp32 otherwise,
+            logging why (``engine.runtimes.int8_refused``; at info level for ``auto`` on a model that
+            was never calibrated).
+
+        Raises
+        ------
+        RuntimeUnavailable
+            If onnxruntime is missing or the ONNX export fails.
+        ValueError
+            For an unknown precision.
+        """
+        from engine.runtimes.int8 import cached_int8, ranges_path
+        from engine.runtimes.onnx_export import cached_onnx
+
+        precision = precision or cpu_precision()
+        if precision not in CPU_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(CPU_PRECISIONS)}, got {precision!r}")
+        try:
+            fp32 = cached_onnx(loaded, weights_directory)
+        except Exception as exc:  # the exporter raises many types on a model it cannot trace
+            raise RuntimeUnavailable(f"ONNX export of {loaded.name} failed ({exc})") from exc
+        if precision != "fp32":
+            try:
+                return cls(cached_int8(loaded, weights_directory, fp32), threads=threads, precision="int8")
+            except RuntimeUnavailable as exc:
+                quiet = precision == "auto" and not ranges_path(loaded.name, weights_directory).exists()
+                _log.log(logging.INFO if quiet else logging.WARNING,
+                         "engine.runtimes.int8_refused: %s runs fp32 (%s)", loaded.name, exc)
+        return cls(fp32, threads=threads)
 
     def _run(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         return np.asarray(self._session.run(None, {"input": x})[0], dtype=np.float32).reshape(len(x))

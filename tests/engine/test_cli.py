@@ -27,7 +27,7 @@ def test_help_lists_the_engine_commands_without_importing_torch() -> None:
             "try:\n    ops.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
-    for command in ("train", "evaluate", "predict", "explain"):
+    for command in ("train", "evaluate", "calibrate", "predict", "explain"):
         assert command in out.stdout
     assert out.stdout.strip().endswith("False"), "engine.cli must import torch only inside handlers"
 
@@ -96,3 +96,21 @@ def test_evaluate_writes_report_plots_and_paper_numbers(split: str, tiny_weights
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["at_threshold"]["n"] == 118
     assert len(metrics["threshold_table"]) == 9
+
+
+def test_calibrate_prints_the_val_figures_and_writes_ranges_only_within_the_bounds(tiny_weights: Path,
+                                                                                   shared_data: Path,
+                                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights, ignore=shutil.ignore_patterns(".onnx-cache"))
+    res = _triage("calibrate", "deep-ct-net", "--max-images", "16", weights=weights, timeout=300)
+    assert res.returncode in (0, 1), res.stderr
+    assert "over 16 train images" in res.stdout and "deep-ct-net on val (118 images): AUC fp32" in res.stdout
+    assert "decisions at threshold 0.5000 change" in res.stdout and "bounds: auc_change <= 0.01" in res.stdout
+    ranges = weights / "deep-ct-net.int8.json"
+    assert ranges.is_file() == (res.returncode == 0)
+    if ranges.is_file():
+        doc = json.loads(ranges.read_text())
+        assert doc["calibration"]["images"] == 16 and doc["accuracy"]["passed"] is True and doc["ranges"]

@@ -15,8 +15,9 @@ def test_inference_benchmark_prints_tables_ratios_stages_and_targets(capsys: pyt
     out = capsys.readouterr().out
     assert "| runtime | precision | batch | slices/s | p50 ms | p99 ms | vs eager fp32 | detail |" in out
     rows = [line for line in out.splitlines() if line.startswith(("| torch |", "| onnxruntime |"))]
-    assert len(rows) == 4 and all(line.count("|") == 9 for line in rows)
+    assert len(rows) == 6 and all(line.count("|") == 9 for line in rows)
     assert "| torch | fp32 | 1 |" in out and "| 1.00x |" in out
+    assert "| onnxruntime | fp32 | 2 |" in out and "| onnxruntime | int8 | 2 |" in out
     for stage in ("| decode |", "| preprocess (CPU, NumPy) |", "| infer |"):
         assert stage in out
     assert "4-slice CT study, inference only (ct-net, onnxruntime fp32 on cpu" in out
