@@ -39,7 +39,8 @@ from engine import data as D
 from engine.imageio import read_image
 from engine.metrics import roc_auc
 from engine.preprocess import preprocess
-from engine.runtimes.int8 import CALIBRATION, build_int8, compute_ranges, ranges_document, ranges_path, write_ranges
+from engine.runtimes.int8 import (CALIBRATION, build_int8, compute_ranges, cpu_has_vnni, ranges_document, ranges_path,
+                                  write_ranges)
 from engine.runtimes.onnx_export import cached_onnx
 from engine.weights import load_weights
 from engine.weights import weights_dir as default_weights_dir
@@ -83,6 +84,9 @@ def calibrate_model(name: str, weights_directory: Path | None = None, *, max_ima
     from engine.predictor import Predictor
     from engine.runtimes.ort_cpu import OrtBackend
 
+    if not cpu_has_vnni():  # the check must run on the arithmetic int8 will run on (see cpu_has_vnni)
+        log(f"{name}: this CPU has no VNNI, where int8 runs nowhere: calibrate on a CPU with avx512_vnni or avx_vnni")
+        return False
     wdir = weights_directory or default_weights_dir()
     loaded = load_weights(name, wdir)
     size = int(loaded.config.get("image_size", 256))

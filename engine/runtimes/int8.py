@@ -27,6 +27,9 @@ single-threaded runs as :class:`engine.runtimes.ort_cpu.OrtBackend` runs them):
   train images, in chunks of :data:`CALIBRATION_CHUNK`: min-max ranges widen with every image added
   (deep-ct-net, all 425 train images: mean |logit change| 0.30 against 0.19).
 
+int8 runs only on CPUs with VNNI (:func:`cpu_has_vnni`): elsewhere ONNX Runtime's uint8 x int8
+kernels can saturate, and the accuracy check was run on a VNNI CPU; those fall back to fp32.
+
 The pre-processing and the quantiser are deterministic for one onnxruntime version; ranges naming
 tensors the graph does not have (another onnxruntime renamed them) make the build fail rather than
 quantise part of the graph.
@@ -51,7 +54,7 @@ from numpy.typing import NDArray
 from engine.runtimes.base import RuntimeUnavailable
 from engine.runtimes.onnx_export import cache_dir, cached_onnx
 
-__all__ = ["CALIBRATION", "RANGES_FORMAT", "build_int8", "cached_int8", "compute_ranges", "ranges_digest",
+__all__ = ["CALIBRATION", "RANGES_FORMAT", "build_int8", "cached_int8", "compute_ranges", "cpu_has_vnni", "ranges_digest",
            "ranges_document", "ranges_path", "read_ranges", "write_ranges"]
 
 #: Version of the ``NAME.int8.json`` layout.
@@ -141,6 +144,20 @@ def write_ranges(doc: Mapping[str, Any], weights_directory: Path) -> Path:
     return path
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI, where uint8 x int8 dot products do not saturate.
+
+    Without it (SSE, AVX2, AVX-512F alone) x86 int8 convolutions go through VPMADDUBSW, whose 16-bit
+    intermediate sums saturate; a model validated on a VNNI CPU can then lose accuracy in ways no
+    check here would see. Read from /proc/cpuinfo; False where that cannot be read (not Linux).
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def cached_int8(loaded: Any, weights_directory: Path, fp32_path: Path | None = None) -> Path:
     """The int8 model of these weights, built from the fp32 export and the committed ranges at first use.
 
@@ -161,6 +178,10 @@ def cached_int8(loaded: Any, weights_directory: Path, fp32_path: Path | None = N
             f"{ranges_path(loaded.name, weights_directory).name} was computed for the fp32 export with sha256 "
             f"{expected[:16]}, the current export {fp32_path.name} has {actual[:16]} (the weights or the exporter "
             f"changed); make new ranges with 'triage calibrate {loaded.name}'")
+    if not cpu_has_vnni():
+        raise RuntimeUnavailable(
+            "this CPU has no VNNI (avx512_vnni or avx_vnni): ONNX Runtime's uint8 x int8 kernels can saturate "
+            "on it, and the ranges' accuracy check ran on a VNNI CPU")
     path = cache_dir(weights_directory) / f"{loaded.name}-{actual[:16]}-{ranges_digest(doc)[:16]}-int8.onnx"
     if not path.is_file():
         try:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from engine.runtimes.int8 import cpu_has_vnni
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -98,6 +100,7 @@ def test_evaluate_writes_report_plots_and_paper_numbers(split: str, tiny_weights
     assert len(metrics["threshold_table"]) == 9
 
 
+@pytest.mark.skipif(not cpu_has_vnni(), reason="triage calibrate runs only on CPUs with VNNI, where int8 runs")
 def test_calibrate_prints_the_val_figures_and_writes_ranges_only_within_the_bounds(tiny_weights: Path,
                                                                                    shared_data: Path,
                                                                                    tmp_path: Path) -> None:

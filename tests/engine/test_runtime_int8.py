@@ -19,11 +19,15 @@ from engine.data import covid_ct_samples
 from engine.imageio import read_image
 from engine.predictor import Predictor, load_predictor
 from engine.preprocess import preprocess
-from engine.runtimes.int8 import (build_int8, cached_int8, compute_ranges, ranges_digest, ranges_document,
-                                  ranges_path, read_ranges, write_ranges)
+from engine.runtimes.int8 import (build_int8, cached_int8, compute_ranges, cpu_has_vnni, ranges_digest,
+                                  ranges_document, ranges_path, read_ranges, write_ranges)
 from engine.runtimes.onnx_export import cached_onnx
 from engine.runtimes.ort_cpu import OrtBackend
 from engine.weights import card_path, file_sha256, load_weights
+
+
+requires_vnni = pytest.mark.skipif(not cpu_has_vnni(), reason="int8 runs only on CPUs with VNNI "
+                                   "(avx512_vnni or avx_vnni; engine.runtimes.int8.cpu_has_vnni)")
 
 
 def _grey(paths: list[Path], size: int) -> np.ndarray:
@@ -50,6 +54,7 @@ def calibrated_deep_ct_net(shared_data: Path, tmp_path_factory: pytest.TempPathF
     return d
 
 
+@requires_vnni
 def test_int8_from_committed_ranges_alone_agrees_with_fp32_on_real_ct(calibrated_deep_ct_net: Path,
                                                                       tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,6 +101,7 @@ def _calibrated(d: Path, ct_images: list[Path], first: int = 0, last: int = 8, *
     return doc
 
 
+@requires_vnni
 def test_matching_ranges_give_int8_built_once_and_cached_by_both_hashes(tiny_dir: Path, ct_images: list[Path],
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRIAGE_CPU_PRECISION", raising=False)
@@ -137,6 +143,7 @@ def test_ranges_of_another_export_are_refused_and_fp32_runs(tiny_dir: Path, ct_i
     assert OrtBackend.from_weights(loaded, tiny_dir).info.precision == "fp32", "a failed check is refused too"
 
 
+@requires_vnni
 def test_cpu_precision_setting(tiny_dir: Path, ct_images: list[Path], monkeypatch: pytest.MonkeyPatch,
                                caplog: pytest.LogCaptureFixture) -> None:
     loaded = load_weights("deep-ct-net", tiny_dir)
@@ -153,3 +160,17 @@ def test_cpu_precision_setting(tiny_dir: Path, ct_images: list[Path], monkeypatc
     monkeypatch.setenv("TRIAGE_CPU_PRECISION", "int4")
     with pytest.raises(ValueError, match="TRIAGE_CPU_PRECISION"):
         OrtBackend.from_weights(loaded, tiny_dir)
+
+
+def test_a_cpu_without_vnni_runs_fp32_with_the_reason(tiny_dir: Path, ct_images: list[Path],
+                                                     caplog: pytest.LogCaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.runtimes.int8 as int8_module
+
+    _calibrated(tiny_dir, ct_images)
+    monkeypatch.setattr(int8_module, "cpu_has_vnni", lambda: False)  # what /proc/cpuinfo says on AVX2 alone
+    monkeypatch.setenv("TRIAGE_CPU_PRECISION", "int8")
+    with caplog.at_level(logging.INFO, logger="engine.runtimes"):
+        backend = OrtBackend.from_weights(load_weights("deep-ct-net", tiny_dir), tiny_dir)
+    assert backend.info.precision == "fp32"
+    assert any("no VNNI" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
