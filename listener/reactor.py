@@ -122,16 +122,15 @@ class WakingDUL(DULServiceProvider):
         if not self.event_queue.empty() or not self.to_provider_queue.empty() or self._kill_thread:
             return
         peer = self.socket.socket if self.socket is not None else None
-        if peer is None:
-            select.select([self._wake_r], [], [], IDLE_WAKE_SECONDS)
-        elif isinstance(peer, ssl.SSLSocket) and peer.pending():
+        if isinstance(peer, ssl.SSLSocket) and peer.pending():
             return  # decrypted bytes already buffered: select() would not see them
-        else:
-            try:
-                select.select([peer, self._wake_r], [], [], IDLE_WAKE_SECONDS)
-            except (OSError, ValueError):  # the socket closed under us: pynetdicom's check reports it
-                return
-        self._drain()
+        try:
+            ready, _, _ = select.select([self._wake_r] if peer is None else [peer, self._wake_r], [], [],
+                                        IDLE_WAKE_SECONDS)
+        except (OSError, ValueError):  # the socket closed under us: pynetdicom's check reports it
+            return
+        if self._wake_r in ready:  # drain only when woken: no extra syscall per received PDU
+            self._drain()
 
     def _is_transport_event(self) -> bool:
         self._wait_for_input()
