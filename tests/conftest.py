@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import upgrade
 from db.session import make_engine, make_sessionmaker
+from ops.dcmtk import find_dcmtk
 from tests.services import ensure_postgres
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,8 @@ def cr_file(shared_data: Path) -> Path:
 
 
 def require_tools(*names: str) -> None:
-    missing = [name for name in names if shutil.which(name) is None]
+    # find_dcmtk, not shutil.which: pynetdicom's console scripts of the same names may come first on PATH
+    missing = [name for name in names if find_dcmtk(name) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (apt-get install dcmtk dicom3tools orthanc)")
 

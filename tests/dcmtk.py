@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ops.bench.net import DCMTK_ENV  # noqa: F401 - re-exported for the tests
+from ops.dcmtk import dcmtk
 
 # storescu option that proposes each encoding (it proposes uncompressed syntaxes only by default)
 PROPOSE = {
@@ -27,13 +28,13 @@ ENCODERS: dict[str, list[str]] = {
 
 def echoscu(port: int, *args: str, called: str = "TRIAGE", calling: str = "ECHOSCU",
             timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["echoscu", "-to", "10", "-aet", calling, "-aec", called, *args, "127.0.0.1", str(port)],
+    return subprocess.run([dcmtk("echoscu"), "-to", "10", "-aet", calling, "-aec", called, *args, "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=timeout, env=DCMTK_ENV)
 
 
 def storescu(port: int, files: Sequence[Path], *args: str, called: str = "TRIAGE", calling: str = "STORESCU",
              timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["storescu", "-to", "20", "-aet", calling, "-aec", called, *args, "127.0.0.1", str(port),
+    return subprocess.run([dcmtk("storescu"), "-to", "20", "-aet", calling, "-aec", called, *args, "127.0.0.1", str(port),
                            *map(str, files)], capture_output=True, text=True, timeout=timeout, env=DCMTK_ENV)
 
 

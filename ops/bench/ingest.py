@@ -22,12 +22,13 @@ from pathlib import Path
 
 from ops.bench.net import DCMTK_ENV, DEFAULT_SHARED, free_port, wait_port
 from ops.bench.series import build_ct_series
+from ops.dcmtk import dcmtk, find_dcmtk
 
 
 def _send(port: int, called: str, folder: Path) -> float:
     started = time.perf_counter()
     result = subprocess.run(
-        ["storescu", "-aet", "BENCH", "-aec", called, "+sd", "-R", "127.0.0.1", str(port), str(folder)],
+        [dcmtk("storescu"), "-aet", "BENCH", "-aec", called, "+sd", "-R", "127.0.0.1", str(port), str(folder)],
         capture_output=True, text=True, env=DCMTK_ENV, timeout=3600,
     )
     elapsed = time.perf_counter() - started
@@ -101,8 +102,8 @@ def _stored_rows(database: Path) -> int:
 def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep: bool = False,
                          rounds: int = 2) -> int:
     for tool in ("storescu", "storescp"):
-        if shutil.which(tool) is None:
-            print(f"triage bench ingest: {tool} not found: apt-get install dcmtk", file=sys.stderr)
+        if find_dcmtk(tool) is None:
+            print(f"triage bench ingest: dcmtk's {tool} not found: apt-get install dcmtk", file=sys.stderr)
             return 2
     data = Path(shared_data) if shared_data else Path(os.environ.get("TRIAGE_SHARED_DATA", DEFAULT_SHARED))
     sources = sorted((data / "dicom" / "ct-covid19-ny-sbu").rglob("axial/*.dcm"))
@@ -122,7 +123,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         scp_dir = work / "storescp"
         scp_dir.mkdir()
         processes.append(subprocess.Popen(
-            ["storescp", "-aet", "STORESCP", "-od", str(scp_dir),
+            [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(scp_dir),
              str(scp_port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         node_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}

@@ -21,6 +21,7 @@ from pathlib import Path
 from ops.bench.net import DCMTK_ENV, DEFAULT_SHARED, free_port, wait_port
 from ops.bench.orthanc import Orthanc
 from ops.bench.series import build_ct_series, copy_with_new_identity, new_uid
+from ops.dcmtk import dcmtk, find_dcmtk
 
 STAGES = ("select", "decode", "preprocess", "infer", "explain", "build")
 
@@ -32,10 +33,10 @@ def _sr_in(orthanc: Orthanc, study_uid: str) -> bool:
 
 
 def run_pipeline_benchmark(slices: int = 100, shared_data: str | None = None, quiet: float = 2.0) -> int:
-    for tool in ("storescu", "Orthanc"):
-        if shutil.which(tool) is None:
-            print(f"triage bench pipeline: {tool} not found: apt-get install dcmtk orthanc", file=sys.stderr)
-            return 2
+    if find_dcmtk("storescu") is None or shutil.which("Orthanc") is None:
+        print("triage bench pipeline: dcmtk's storescu or Orthanc not found: apt-get install dcmtk orthanc",
+              file=sys.stderr)
+        return 2
     data = Path(shared_data) if shared_data else Path(os.environ.get("TRIAGE_SHARED_DATA", DEFAULT_SHARED))
     axial = [p for p in sorted((data / "dicom" / "ct-covid19-ny-sbu").rglob("axial/*.dcm"))
              if p.stat().st_size < 600_000]
@@ -64,7 +65,7 @@ def run_pipeline_benchmark(slices: int = 100, shared_data: str | None = None, qu
             import pydicom
 
             study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
-            result = subprocess.run(["storescu", "-aec", "TRIAGE", "-R", "127.0.0.1", str(port),
+            result = subprocess.run([dcmtk("storescu"), "-aec", "TRIAGE", "-R", "127.0.0.1", str(port),
                                      *map(str, files)], env=DCMTK_ENV, capture_output=True, text=True)
             last_response = time.perf_counter()
             if result.returncode != 0:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from db.models import Export, ExportAttempt, ExportState
 from ops.bench.series import build_ct_series
+from ops.dcmtk import dcmtk
 from tests.conftest import require_tools
 from tests.dcmtk import DCMTK_ENV, storescu
 from tests.e2e.node import NodeProcess, node_env, node_sessions, wait_for
@@ -63,7 +64,7 @@ def test_results_wait_for_the_pacs_to_come_back(
             assert export.state == ExportState.retrying and "not established" in (export.last_error or "")
 
         placeholder.close()
-        pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(received), str(pacs_port)], env=DCMTK_ENV,
+        pacs = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS", "-od", str(received), str(pacs_port)], env=DCMTK_ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: port_open(pacs_port), 20, "storescp")
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from db.models import Export, ExportState, Job, JobState, Result
 from ops.bench.series import build_ct_series, new_uid
+from ops.dcmtk import dcmtk
 from tests.conftest import require_tools
 from tests.dcmtk import storescu
 from tests.e2e.node import NodeProcess, node_env, node_sessions, wait_for
@@ -30,7 +31,7 @@ def test_killed_worker_job_is_redelivered_and_completed_once(
     pacs_port = free_port()
     received = tmp_path / "pacs"
     received.mkdir()
-    pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(received), str(pacs_port)], env=DCMTK_ENV,
+    pacs = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS", "-od", str(received), str(pacs_port)], env=DCMTK_ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port = free_port()
     # a short visibility timeout so the broker redelivers the dead worker's job within the test

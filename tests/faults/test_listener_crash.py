@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from db.models import Instance, Job, JobState, Result
 from ops.bench.series import build_ct_series
+from ops.dcmtk import dcmtk
 from tests.conftest import require_tools
 from tests.dcmtk import DCMTK_ENV
 from tests.e2e.node import NodeProcess, node_env, node_sessions, wait_for
@@ -52,7 +53,7 @@ def test_sigkill_mid_transfer_keeps_every_acknowledged_instance(
         with sessions() as session:
             return len(session.scalars(select(Instance.id)).all())
 
-    sender = subprocess.Popen(["storescu", "-v", "-aec", "TRIAGE", "127.0.0.1", str(port), *map(str, files)],
+    sender = subprocess.Popen([dcmtk("storescu"), "-v", "-aec", "TRIAGE", "127.0.0.1", str(port), *map(str, files)],
                               env=DCMTK_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: stored() >= 150, 120, "the transfer to be under way")
     node.kill_group()  # SIGKILL: no shutdown handler runs
@@ -80,7 +81,7 @@ def test_sigkill_mid_transfer_keeps_every_acknowledged_instance(
             assert (storage / row.path).is_file()
 
         # the sender's retry of everything completes the study, each instance once
-        retry = subprocess.run(["storescu", "-aec", "TRIAGE", "+sd", "-R", "127.0.0.1", str(port),
+        retry = subprocess.run([dcmtk("storescu"), "-aec", "TRIAGE", "+sd", "-R", "127.0.0.1", str(port),
                                 str(files[0].parent)], env=DCMTK_ENV, capture_output=True, text=True, timeout=600)
         assert retry.returncode == 0, retry.stderr[-2000:]
         with sessions() as session:

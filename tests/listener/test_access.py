@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance
 from listener.server import make_ssl_context
+from ops.dcmtk import dcmtk
 from tests.conftest import require_tools
 from tests.dcmtk import DCMTK_ENV, echoscu, storescu
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.dcmtk
 
 def _tls_store(port: int, files: list[Path], key: Path | None, cert: Path | None, ca: Path) -> subprocess.CompletedProcess[str]:
     tls = ["+tls", str(key), str(cert)] if key and cert else ["+tla"]
-    return subprocess.run(["storescu", "-to", "10", "-aec", "TRIAGE", *tls, "-pw", "+cf", str(ca), "127.0.0.1",
+    return subprocess.run([dcmtk("storescu"), "-to", "10", "-aec", "TRIAGE", *tls, "-pw", "+cf", str(ca), "127.0.0.1",
                            str(port), *map(str, files)], capture_output=True, text=True, timeout=60, env=DCMTK_ENV)
 
 

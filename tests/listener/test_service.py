@@ -19,6 +19,7 @@ from db.models import Instance, OutboxMessage, Study, StudyState
 from db.session import make_engine, make_sessionmaker
 from listener.completion import CompletionSweeper
 from ops.bench.series import build_ct_series, new_uid
+from ops.dcmtk import dcmtk
 from tests.conftest import REPO, require_tools
 from tests.dcmtk import DCMTK_ENV, echoscu, storescu
 from tests.services import free_port, port_open
@@ -107,7 +108,7 @@ def test_sigterm_finishes_running_transfers_and_refuses_new_associations(
         with sessions() as session:
             return int(session.scalar(select(func.count(Instance.id))) or 0)
 
-    sender = subprocess.Popen(["storescu", "-aec", "TRIAGE", "+sd", "-R", "127.0.0.1", str(port),
+    sender = subprocess.Popen([dcmtk("storescu"), "-aec", "TRIAGE", "+sd", "-R", "127.0.0.1", str(port),
                                str(files[0].parent)], env=DCMTK_ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from ops.bench.series import copy_with_new_identity
+from ops.dcmtk import dcmtk
 from tests.conftest import require_tools
 from tests.dcmtk import DCMTK_ENV
 from tests.services import free_port, port_open
@@ -22,7 +23,7 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     require_tools("storescp")
     port, folder = free_port(), tmp_path / "received"
     folder.mkdir()
-    process = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(folder), str(port)], env=DCMTK_ENV,
+    process = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS", "-od", str(folder), str(port)], env=DCMTK_ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while not port_open(port) and time.monotonic() < deadline:
