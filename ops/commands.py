@@ -45,8 +45,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     upgrade(make_engine(settings.resolved_database_url, durable=settings.durable_commit))
     app = make_celery(settings)
     app.set_default()
+    pool = args.pool or settings.worker_pool
+    if settings.preload_models:
+        from workers.preload import install
+
+        install(pool)
     app.worker_main([
-        "worker", "--loglevel", settings.log_level, "--pool", args.pool or settings.worker_pool,
+        "worker", "--loglevel", settings.log_level, "--pool", pool,
         "--concurrency", str(settings.worker_concurrency), "--queues", QUEUE,
         "--without-gossip", "--without-mingle", "--without-heartbeat",
         "--hostname", f"triage-{os.getpid()}@{socket.gethostname()}",
@@ -87,7 +92,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
     from ops.bench.pipeline import run_pipeline_benchmark
 
-    return run_pipeline_benchmark(slices=args.slices, shared_data=args.data)
+    return run_pipeline_benchmark(slices=args.slices, shared_data=args.data, first_study=args.first_study)
 
 
 def cmd_bench_inference(args: argparse.Namespace) -> int:
@@ -186,6 +191,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     pipeline.add_argument("--slices", type=int, default=100)
     pipeline.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
+    pipeline.add_argument("--first-study", action="store_true",
+                          help="time the first studies of a just-started node, models loaded at first use vs "
+                               "preloaded, instead of a warm node")
     pipeline.set_defaults(func=cmd_bench_pipeline)
     inference = bench_sub.add_parser(
         "inference",

@@ -169,6 +169,11 @@ class Settings(BaseSettings):
         description="Celery pool: prefork (a killed job process is redelivered at once) or threads (the jobs "
         "share one model and, on a GPU, their slices share batches).",
     )
+    preload_models: bool = Field(
+        default=True,
+        description="Load both models when a worker process starts, so the first study after a start is "
+        "answered as fast as the rest (on a GPU the TensorRT engine is built then); false loads them at first use.",
+    )
     key_slices: int = Field(default=3, ge=1, le=20, description="Key slices per CT study given heatmaps.")
 
     # logging

@@ -1,0 +1,80 @@
+"""Loading the models when a worker process starts, not when its first study arrives.
+
+Loaded lazily, the first study of each kind after a (re)start waited for the model: the weights,
+the ONNX export on a fresh install (seconds), the TensorRT engine build on a GPU (minutes). That
+study is the one the radiologist is waiting for. So each worker process loads both models in a
+background thread as soon as it starts, runs one image through each so that the runtime's
+first-call allocations are paid then too, and imports the job's modules (half a second of imports:
+pydicom's decoders, highdicom, the output builders). A job that arrives meanwhile waits on the context's
+lock for that model (no double load). A failure is logged with a hint and leaves the process
+serving: the first study of that kind then fails with the engine's explanation, as before.
+
+Prefork children each hold their own models, so they load in ``worker_process_init`` (in the
+child, after the fork: nothing heavy is loaded in the parent). The threads and solo pools share
+the main process's context, which loads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ops.logs import event
+
+log = logging.getLogger("triage.workers.preload")
+
+KINDS: tuple[str, ...] = ("ct", "cxr")
+
+
+def load_models(kinds: Sequence[str] = KINDS) -> dict[str, float]:
+    """Load (and warm) the model of every kind in this process's context; seconds per kind loaded."""
+    import workers.analysis  # noqa: F401 - imported now, not by the first job
+    import workers.outputs.sc  # noqa: F401
+    import workers.outputs.sr  # noqa: F401
+    from workers.context import get_context
+
+    loaded: dict[str, float] = {}
+    for kind in kinds:
+        started = time.perf_counter()
+        try:
+            model = get_context().model(kind)
+            _warm(model)
+        except Exception as exc:  # a bad weights file must not stop the worker from serving the other kind
+            event(log, "worker.model.preload_failed", logging.ERROR, kind=kind, error=f"{type(exc).__name__}: {exc}",
+                  hint="studies of this kind will fail until its weights load: check the files under "
+                       "TRIAGE_WEIGHTS_DIR (default engine/weights/) and TRIAGE_RUNTIME")
+            continue
+        loaded[kind] = time.perf_counter() - started
+        event(log, "worker.model.loaded", kind=kind, seconds=round(loaded[kind], 2))
+    return loaded
+
+
+def _warm(model: Any) -> None:
+    """One blank image through the predictor: the runtime's first call allocates and plans."""
+    size = int(getattr(getattr(model, "predictor", None), "input_size", 256))
+    model.predict_images([np.zeros((size, size), np.uint8)])
+
+
+def start_loading(kinds: Sequence[str] = KINDS) -> threading.Thread:
+    """:func:`load_models` in a daemon thread (a prefork child must signal Celery within 4 s)."""
+    thread = threading.Thread(target=load_models, args=(tuple(kinds),), name="model-preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def install(pool: str, kinds: Sequence[str] = KINDS) -> None:
+    """Arrange for the models to load when the worker's job processes start (call before worker_main)."""
+    if pool == "prefork":
+        from celery.signals import worker_process_init
+
+        def _on_child_start(**_: Any) -> None:
+            start_loading(kinds)
+
+        worker_process_init.connect(_on_child_start, weak=False)
+    else:
+        start_loading(kinds)
