@@ -24,16 +24,20 @@ class InstanceStore:
         self.tmp_dir.mkdir(exist_ok=True)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
-        """Path of an instance relative to the root; the UIDs are checked again here on purpose."""
-        rel = Path(
+        """Path of an instance relative to the root; the UIDs are checked again here on purpose.
+
+        A checked UID is digits and single dots, starting with a digit: no separator, never "." or
+        "..", so the path is three plain names below the root by construction. The check below is
+        lexical on purpose: ``resolve()`` would stat every folder up from the root on each C-STORE.
+        """
+        parts = (
             check_uid(study_uid, "StudyInstanceUID"),
             check_uid(series_uid, "SeriesInstanceUID"),
             check_uid(sop_instance_uid, "SOPInstanceUID") + ".dcm",
         )
-        full = (self.root / rel).resolve()
-        if not full.is_relative_to(self.root) or full.parent.parent.parent != self.root:
-            raise ValueError(f"refusing a storage path outside the storage root: {rel}")
-        return rel
+        if any(part in ("", ".", "..") or os.sep in part or (os.altsep and os.altsep in part) for part in parts):
+            raise ValueError(f"refusing a storage path outside the storage root: {'/'.join(parts)}")
+        return Path(*parts)
 
     def absolute(self, rel: Path | str) -> Path:
         full = (self.root / rel).resolve()
