@@ -54,6 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import utcnow
 from listener import statuses
+from listener.filemeta import file_meta_bytes
 from listener.reactor import EventDrivenRequestHandler
 from listener.records import InstanceMeta, find_instance_path, record_instance
 from listener.storage import InstanceStore
@@ -304,8 +305,9 @@ class Listener:
         request = event_.request
         calling_ae = str(event_.assoc.requestor.ae_title).strip()
         transfer_syntax = str(event_.context.transfer_syntax)
-        return self._store(event_.encoded_dataset(include_meta=True), request, transfer_syntax, calling_ae,
-                           started)
+        # what event_.encoded_dataset(include_meta=True) returns, without building a pydicom data set
+        meta = file_meta_bytes(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, transfer_syntax)
+        return self._store(meta + request.DataSet.getvalue(), request, transfer_syntax, calling_ae, started)
 
     def _store(self, encoded: bytes, request: Any, transfer_syntax: str, calling_ae: str,
                started: float) -> int:
@@ -342,15 +344,9 @@ class Listener:
 
         try:
             with self._sessions() as session:
-                existing = find_instance_path(session, meta.sop_instance_uid)
-                if existing is not None and self.store.exists(existing):
-                    event(log, "listener.store.duplicate", sop_instance_uid=sop_uid, calling_ae=calling_ae)
-                    return statuses.SUCCESS
-                if existing is not None:  # row without its file (a crash between commit and Success)
-                    self.store.place(writing.result(), rel)
-                    event(log, "listener.store.healed", logging.WARNING, sop_instance_uid=sop_uid)
-                    return statuses.SUCCESS
                 try:
+                    # The row is inserted first and the instance looked up only if its SOP Instance UID
+                    # is taken: a re-send is rare, a look-up per instance is not free (ingest bench).
                     recorded = record_instance(session, meta, path=rel.as_posix(), size_bytes=size,
                                                calling_ae=calling_ae, now=utcnow(),
                                                ids=self._known_series.get(meta.series_uid))
@@ -358,11 +354,17 @@ class Listener:
                     self.store.place(writing.result(), rel)
                     session.commit()
                 except IntegrityError:
-                    # Another association stored the same instance a moment ago: its row points at
-                    # this very path and its file was placed before that row was committed.
+                    # Already recorded: a re-send, or another association a moment ago (its file was
+                    # placed before its row was committed). The unique index refused the row before
+                    # this file was placed, so the first copy stays as it is.
                     session.rollback()
-                    if find_instance_path(session, meta.sop_instance_uid) is None:
+                    existing = find_instance_path(session, meta.sop_instance_uid)
+                    if existing is None:
                         raise
+                    if not self.store.exists(existing):  # row without its file: heal it with this copy
+                        self.store.place(writing.result(), rel)
+                        event(log, "listener.store.healed", logging.WARNING, sop_instance_uid=sop_uid)
+                        return statuses.SUCCESS
                     event(log, "listener.store.duplicate", sop_instance_uid=sop_uid, calling_ae=calling_ae)
                     return statuses.SUCCESS
                 except BaseException:

@@ -86,7 +86,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from ops.bench.ingest import run_ingest_benchmark
 
-    return run_ingest_benchmark(count=args.count, shared_data=args.data, keep=args.keep)
+    return run_ingest_benchmark(count=args.count, shared_data=args.data, keep=args.keep, senders=args.senders)
 
 
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
@@ -181,6 +181,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ingest.add_argument("-n", "--count", type=int, default=500)
     ingest.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
     ingest.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    ingest.add_argument("--senders", type=int, default=1,
+                        help="storescu processes sending at once, one association each (default 1; storescp then "
+                             "runs with --fork)")
     ingest.set_defaults(func=cmd_bench_ingest)
     pipeline = bench_sub.add_parser(
         "pipeline",

@@ -25,16 +25,34 @@ from ops.bench.series import build_ct_series
 from ops.dcmtk import dcmtk, find_dcmtk
 
 
-def _send(port: int, called: str, folder: Path) -> float:
+def _send(port: int, called: str, files: list[Path], senders: int = 1) -> float:
+    """Seconds for ``senders`` storescu processes at once (one association each) to send ``files``."""
+    chunks = [files[i::senders] for i in range(senders)]
     started = time.perf_counter()
-    result = subprocess.run(
-        [dcmtk("storescu"), "-aet", "BENCH", "-aec", called, "+sd", "-R", "127.0.0.1", str(port), str(folder)],
-        capture_output=True, text=True, env=DCMTK_ENV, timeout=3600,
-    )
+    running = [subprocess.Popen(
+        [dcmtk("storescu"), "-aet", "BENCH", "-aec", called, "-R", "127.0.0.1", str(port), *map(str, chunk)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=DCMTK_ENV,
+    ) for chunk in chunks if chunk]
+    failures = []
+    for sender in running:
+        _, stderr = sender.communicate(timeout=3600)
+        if sender.returncode != 0:
+            failures.append(f"({sender.returncode}): {stderr[-500:]}")
     elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"storescu to {called} failed ({result.returncode}): {result.stderr[-500:]}")
+    if failures:
+        raise RuntimeError(f"storescu to {called} failed {failures[0]}")
     return elapsed
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of the process and its reaped children (Linux /proc), or None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        # utime + stime, plus cutime + cstime: storescp --fork's children, once reaped
+        return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -100,7 +118,7 @@ def _stored_rows(database: Path) -> int:
 
 
 def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep: bool = False,
-                         rounds: int = 2) -> int:
+                         rounds: int = 2, senders: int = 1) -> int:
     for tool in ("storescu", "storescp"):
         if find_dcmtk(tool) is None:
             print(f"triage bench ingest: dcmtk's {tool} not found: apt-get install dcmtk", file=sys.stderr)
@@ -123,7 +141,8 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         scp_dir = work / "storescp"
         scp_dir.mkdir()
         processes.append(subprocess.Popen(
-            [dcmtk("storescp"), "-aet", "STORESCP", "-od", str(scp_dir),
+            # one association at a time by default; --fork serves several senders at once, as the listener does
+            [dcmtk("storescp"), *(["--fork"] if senders > 1 else []), "-aet", "STORESCP", "-od", str(scp_dir),
              str(scp_port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         node_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
@@ -149,29 +168,40 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
                      ("listener, sqlite synchronous=NORMAL", fast_port, "TRIAGE"),
                      ("listener's transport storing nothing", null_port, "NULLSCP"),
                      ("stock pynetdicom storing nothing", stock_port, "NULLSCP"))
+        pids = dict(zip((name for name, _, _ in receivers), (p.pid for p in processes), strict=True))
         timings: dict[str, list[float]] = {name: [] for name, _, _ in receivers}
+        cpu_ms: dict[str, list[float]] = {name: [] for name, _, _ in receivers}
         for round_ in range(rounds):
             for name, port, called in receivers:
                 if round_ > 0:  # resend into fresh folders: new UIDs, so nothing is a duplicate
                     files = build_ct_series(sources, work / f"study{round_}{name}", count)
-                timings[name].append(_send(port, called, files[0].parent))
+                cpu_before = _cpu_seconds(pids[name])
+                timings[name].append(_send(port, called, files, senders))
+                cpu_after = _cpu_seconds(pids[name])
+                if cpu_before is not None and cpu_after is not None:
+                    cpu_ms[name].append((cpu_after - cpu_before) * 1000 / count)
                 print(f"  round {round_ + 1} {name:36} {timings[name][-1]:7.2f} s", flush=True)
         stored = _stored_rows(work / "node" / "triage.db")
         expected = count * rounds
         rows = []
         for name, values in timings.items():
             median = statistics.median(values)
-            rows.append((name, count, median, count / median, megabytes / median))
+            cpu = statistics.median(cpu_ms[name]) if cpu_ms[name] else float("nan")
+            rows.append((name, count, median, count / median, megabytes / median, cpu))
         print()
+        how = "one storescu" if senders == 1 else f"{senders} storescu at once (one association each)"
         print(f"C-STORE of {count} CT instances (512x512, 16-bit, {megabytes / count:.2f} MB each), "
-              f"dcmtk storescu -> loopback, median of {rounds} rounds")
-        print(f"{'receiver':36} {'instances':>9} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'ratio':>6}")
-        for name, n, seconds, ips, mbps in rows:
-            print(f"{name:36} {n:9d} {seconds:8.2f} {ips:8.1f} {mbps:8.1f} {ips / rows[0][3]:5.2f}x")
+              f"{how} -> loopback, median of {rounds} rounds")
+        print(f"{'receiver':36} {'instances':>9} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'ratio':>6} "
+              f"{'CPU ms/inst':>11}")
+        for name, n, seconds, ips, mbps, cpu in rows:
+            print(f"{name:36} {n:9d} {seconds:8.2f} {ips:8.1f} {mbps:8.1f} {ips / rows[0][3]:5.2f}x {cpu:11.2f}")
         print("ratio = inst/s over storescp's (target >= 0.80x). The listener fsyncs file and directory and "
               "commits the row (SQLite synchronous=FULL by default) before each Success; storescp fsyncs nothing. "
               "The last two rows receive and answer and store nothing: the listener's event-driven transport "
-              "(listener/reactor.py) and pynetdicom's stock polling reactor.")
+              "(listener/reactor.py) and pynetdicom's stock polling reactor. CPU ms/inst = user + system CPU of the "
+              "receiving process per instance: with one sender the listener waits on the disk, with many at once "
+              "its CPU (one core: Python's GIL) is what bounds it.")
         ceiling = rows[3][3]
         print(f"the listener reaches {rows[1][3] / ceiling:.2f} of its own transport's ceiling, which is "
               f"{ceiling / rows[0][3]:.2f}x storescp ({ceiling / rows[4][3]:.2f}x stock pynetdicom)")
