@@ -30,6 +30,7 @@ import io
 import ipaddress
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -171,6 +172,18 @@ class _AccessControlledServer(ThreadedAssociationServer):
     """Drops TCP connections from addresses outside the allow-list before any DICOM is spoken."""
 
     allowed_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port:  # before bind: the kernel then spreads new connections over the processes
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class _SharedPortServer(_AccessControlledServer):
+    """One of several listener processes bound to the same port (``TRIAGE_LISTENER_PROCESSES``)."""
+
+    reuse_port = True
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if not self.allowed_networks:
@@ -204,6 +217,7 @@ class Listener:
         dimse_timeout: float = 60.0,
         network_timeout: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
+        share_port: bool = False,
     ) -> None:
         self.store = store
         self._sessions = sessions
@@ -216,6 +230,10 @@ class Listener:
         self._known_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._max_associations = max_associations
+        if share_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise OSError("several listener processes on one port need SO_REUSEPORT (Linux): "
+                          "set TRIAGE_LISTENER_PROCESSES=1 on this system")
+        self._server_class = _SharedPortServer if share_port else _AccessControlledServer
         self._io: ThreadPoolExecutor | None = None
         self._io_lock = threading.Lock()
 
@@ -256,7 +274,7 @@ class Listener:
             (self._host, self._port),
             ssl_context=self._ssl_context,
             evt_handlers=handlers,
-            server_class=_AccessControlledServer,
+            server_class=self._server_class,
             request_handler=EventDrivenRequestHandler,
         )
         server.allowed_networks = self._allowed_networks

@@ -18,12 +18,19 @@ from ops.logs import event
 log = logging.getLogger("triage.listener")
 
 
-def build_listener(settings: Settings, sessions: sessionmaker[Session]) -> tuple[Listener, CompletionSweeper]:
-    """Clean leftovers of a crash and wire the listener and sweeper to the node's database."""
+def build_listener(settings: Settings, sessions: sessionmaker[Session], *, first: bool = True,
+                   ) -> tuple[Listener, CompletionSweeper]:
+    """Clean leftovers of a crash and wire the listener and sweeper to the node's database.
+
+    With ``TRIAGE_LISTENER_PROCESSES`` above one, every listener process shares the port; only the
+    ``first`` cleans the temporary folder (before the others start: later, it would delete their
+    in-flight files), and only its caller runs the sweeper.
+    """
     store = InstanceStore(settings.storage_dir)
-    removed = store.clean_tmp()
-    if removed:
-        event(log, "listener.tmp.cleaned", files=removed)
+    if first:
+        removed = store.clean_tmp()
+        if removed:
+            event(log, "listener.tmp.cleaned", files=removed)
     ssl_context = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         ssl_context = make_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca,
@@ -42,6 +49,7 @@ def build_listener(settings: Settings, sessions: sessionmaker[Session]) -> tuple
         dimse_timeout=settings.dimse_timeout,
         network_timeout=settings.network_timeout,
         ssl_context=ssl_context,
+        share_port=settings.listener_processes > 1,
     )
     sweeper = CompletionSweeper(sessions, quiet_seconds=settings.quiet_seconds,
                                 ceiling_seconds=settings.completion_ceiling_seconds,

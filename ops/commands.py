@@ -20,14 +20,17 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_listen(args: argparse.Namespace) -> int:
     from ops.node import run_node
 
-    return run_node(_settings(args), with_worker=False, grace_seconds=args.grace)
+    settings = _settings(args)
+    if args.config is not None:  # extra listener processes read the same file
+        os.environ["TRIAGE_CONFIG"] = str(args.config.resolve())
+    return run_node(settings, with_worker=False, grace_seconds=args.grace)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from ops.node import run_node
 
     settings = _settings(args)
-    if args.config is not None:  # the worker child reads the same file
+    if args.config is not None:  # the worker child (and extra listener processes) read the same file
         os.environ["TRIAGE_CONFIG"] = str(args.config.resolve())
     return run_node(settings, with_worker=True, grace_seconds=args.grace)
 

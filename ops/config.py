@@ -111,7 +111,16 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Source addresses or networks (CIDR) allowed to connect; empty allows any.",
     )
-    max_associations: int = Field(default=16, ge=1, le=1000, description="Concurrent associations.")
+    max_associations: int = Field(
+        default=16, ge=1, le=1000, description="Concurrent associations (per listener process)."
+    )
+    listener_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Listener processes sharing the DICOM port (Linux SO_REUSEPORT). One process receives "
+        "on about one core (Python's GIL); with several senders at once, N processes use N cores.",
+    )
     max_pdu: int = Field(
         default=1_048_576,
         ge=0,

@@ -28,6 +28,7 @@ class _Formatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": getattr(record, "event", None) or record.getMessage(),
+            "pid": record.process,  # which process, where several listen on one port or work one queue
         }
         for key, value in record.__dict__.items():
             if key not in _RESERVED and key != "event" and not key.startswith("_"):

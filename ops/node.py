@@ -2,7 +2,9 @@
 
 ``triage listen`` runs the DICOM side and the outbox dispatcher; ``triage worker`` runs analysis and
 export; ``triage serve`` runs both, the worker as a supervised child process (restarted if it dies),
-so one command gives a small site the whole node.
+so one command gives a small site the whole node. With ``TRIAGE_LISTENER_PROCESSES`` above one,
+the extra listener processes on the same port (``listener.extra_process``) are supervised children
+too.
 """
 
 from __future__ import annotations
@@ -32,60 +34,91 @@ def run_node(settings: Settings, *, with_worker: bool, grace_seconds: float = 30
     sessions = make_sessionmaker(engine)  # one pool for the listener, the sweeper and the dispatcher
     listener, sweeper = build_listener(settings, sessions)
     dispatcher = Dispatcher(make_celery(settings), sessions)
-    supervisor = _WorkerSupervisor() if with_worker else None
     listener.start()
+    # more listener processes on the same port, once this one has bound it (TRIAGE_PORT=0 resolved)
+    # and cleaned the temporary folder; they exit cleanly only when told to, so they are restarted
+    # whenever they end
+    children = [
+        _Supervised(f"listener-{index}", [sys.executable, "-m", "listener.extra_process",
+                                          "--grace", str(grace_seconds)],
+                    env={**os.environ, "TRIAGE_PORT": str(listener.port)}, grace_seconds=grace_seconds)
+        for index in range(2, settings.listener_processes + 1)
+    ]
+    if with_worker:
+        children.append(_Supervised("worker", [sys.executable, "-m", "ops.cli", "worker"], env=dict(os.environ),
+                                    grace_seconds=grace_seconds + 30))  # Celery's warm shutdown: the running job
     sweeper.start()
     dispatcher.start()
-    if supervisor is not None:
-        supervisor.start()
+    for child in children:
+        child.start()
     try:
         wait_for_signal()
     finally:
+        for child in children:
+            child.terminate()  # at once, so every listener process drains its C-STOREs in the same grace
         listener.stop(grace_seconds)
         sweeper.stop()
         dispatcher.stop()
-        if supervisor is not None:
-            supervisor.stop(grace_seconds)
+        for child in children:
+            child.stop()
     return 0
 
 
-class _WorkerSupervisor:
-    """Keeps one ``triage worker`` child running; restarts it (with backoff) if it dies."""
+class _Supervised:
+    """Keeps one child process running; restarts it (with backoff) whenever it ends unasked."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], grace_seconds: float) -> None:
+        self.name = name
+        self._argv = argv
+        self._env = env
+        self._grace_seconds = grace_seconds
         self._process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+        self._lock = threading.Lock()  # no child is spawned after terminate() has looked
+        self._thread = threading.Thread(target=self._run, name=f"{name}-supervisor", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker"], env=os.environ.copy())
-        event(log, "node.worker.started", pid=process.pid)
+        process = subprocess.Popen(self._argv, env=self._env)
+        event(log, "node.child.started", child=self.name, pid=process.pid)
         return process
 
     def _run(self) -> None:
         delay = 1.0
-        while not self._stop.is_set():
-            self._process = self._spawn()
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self._process = self._spawn()
             started = time.monotonic()
             while self._process.poll() is None and not self._stop.wait(0.5):
                 pass
             if self._stop.is_set():
                 return
-            event(log, "node.worker.exited", logging.WARNING, returncode=self._process.returncode,
+            event(log, "node.child.exited", logging.WARNING, child=self.name, returncode=self._process.returncode,
                   restart_in_s=delay)
             delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 60.0)
             self._stop.wait(delay)
 
-    def stop(self, grace_seconds: float) -> None:
-        self._stop.set()
-        process = self._process
+    def terminate(self) -> None:
+        """Ask the child to stop (SIGTERM: it finishes what it is doing) and stop restarting it."""
+        with self._lock:
+            self._stop.set()
+            process = self._process
         if process is not None and process.poll() is None:
-            process.terminate()  # Celery's warm shutdown: finish the running job
+            process.terminate()
+
+    def stop(self) -> None:
+        """:meth:`terminate`, then wait for the child within its grace (killed after that)."""
+        self.terminate()
+        process = self._process
+        if process is not None:
             try:
-                process.wait(grace_seconds + 30)
+                process.wait(self._grace_seconds + 5)
             except subprocess.TimeoutExpired:
+                event(log, "node.child.killed", logging.WARNING, child=self.name, pid=process.pid)
                 process.kill()
+                process.wait(10)
         self._thread.join(5)

@@ -3,6 +3,7 @@ dozen instances: the figures themselves are only meaningful from a full run on a
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -20,7 +21,20 @@ def test_ingest_benchmark_prints_every_receiver_the_ratios_and_the_durability_bo
     out = capsys.readouterr().out
     for receiver in ("storescp", "listener", "listener, sqlite synchronous=NORMAL",
                      "listener's transport storing nothing", "stock pynetdicom storing nothing"):
-        assert re.search(rf"^{re.escape(receiver)} +12 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x$", out, re.M), receiver
-    assert re.search(r"^storescp .* 1\.00x$", out, re.M)
+        assert re.search(rf"^{re.escape(receiver)} +12 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.]+$", out, re.M), receiver
+    assert re.search(r"^storescp .* 1\.00x +[\d.]+$", out, re.M)
     assert re.search(r"a receiver doing storescp's work plus these, in any language, reaches at most \d\.\d\dx", out)
+    assert "listener rows recorded: 12 of 12" in out
+
+
+def test_several_senders_add_the_multi_process_listener_and_the_cpu_bound(
+    capsys: pytest.CaptureFixture[str], shared_data: Path,
+) -> None:
+    require_tools("storescu", "storescp")
+    assert run_ingest_benchmark(count=12, shared_data=str(shared_data), rounds=1, senders=2) == 0
+    out = capsys.readouterr().out
+    processes = min(2, os.cpu_count() or 1)
+    assert "2 storescu at once (one association each)" in out
+    assert re.search(rf"^listener, {processes} processes +12 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.]+$", out, re.M)
+    assert re.search(r"ms of CPU per instance a listener process receives at most \d+ inst/s", out)
     assert "listener rows recorded: 12 of 12" in out

@@ -1,0 +1,44 @@
+"""``python -m listener.extra_process``: one more listener process on the node's DICOM port.
+
+Started by ``triage listen`` and ``triage serve`` when ``TRIAGE_LISTENER_PROCESSES`` is above one,
+never by hand. One listener process receives on about one core (Python's GIL: ``triage bench
+ingest --senders 4`` shows it); the kernel spreads new associations over every process bound to the
+port with SO_REUSEPORT. This process serves C-ECHO and C-STORE exactly as the first one does, with
+the same settings and database, and nothing else: the first process cleans the temporary folder
+before this one starts, completes studies and dispatches the outbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from db.session import make_engine, make_sessionmaker
+from listener.service import build_listener, wait_for_signal
+from ops.config import ConfigError, load_settings
+from ops.logs import configure
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m listener.extra_process")
+    parser.add_argument("--grace", type=float, default=30.0, help="seconds to finish C-STOREs on SIGTERM")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()  # the first process's environment, TRIAGE_CONFIG and TRIAGE_PORT included
+    except ConfigError as exc:
+        print(f"triage listener process: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.log_level, settings.log_format)
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url, durable=settings.durable_commit))
+    listener, _ = build_listener(settings, sessions, first=False)
+    listener.start()
+    try:
+        wait_for_signal()
+    finally:
+        listener.stop(args.grace)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Several listener processes on one port (TRIAGE_LISTENER_PROCESSES): shared, supervised, drained."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from db.models import Instance
+from ops.bench.series import build_ct_series, new_uid
+from tests.conftest import require_tools
+from tests.dcmtk import echoscu, storescu
+from tests.e2e.node import NodeProcess, node_env, node_sessions, wait_for
+
+pytestmark = [pytest.mark.dcmtk, pytest.mark.timeout(300)]
+
+
+def _events(node: NodeProcess, name: str) -> list[dict[str, object]]:
+    return [record for record in (json.loads(line) for line in node.log().splitlines() if line.startswith("{"))
+            if record.get("event") == name]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_processes_share_the_port_store_each_instance_once_and_stop_together(
+        tmp_path: Path, axial_ct_files: list[Path], database_url: str) -> None:
+    require_tools("echoscu", "storescu")
+    env = node_env(tmp_path, TRIAGE_LISTENER_PROCESSES="2", TRIAGE_QUIET_SECONDS="3600",
+                   TRIAGE_DATABASE_URL=database_url)
+    port = int(env["TRIAGE_PORT"])
+    node = NodeProcess("listen", tmp_path, env)
+    try:
+        node.wait_port(port)
+        wait_for(lambda: len(_events(node, "listener.started")) == 2, 60, "both listener processes", node.log)
+        for _ in range(16):  # the kernel spreads associations by their source port
+            assert echoscu(port).returncode == 0
+        serving = {record["pid"] for record in _events(node, "listener.assoc.accepted")}
+        assert len(serving) == 2, serving
+
+        senders = [build_ct_series(axial_ct_files, tmp_path / f"study{i}", 6, study_uid=new_uid()) for i in range(4)]
+        with ThreadPoolExecutor(4) as pool:  # four associations at once, plus one re-send of a study
+            results = list(pool.map(lambda files: storescu(port, files), [*senders, senders[0]]))
+        assert [r.returncode for r in results] == [0] * 5, [r.stderr[-500:] for r in results]
+        with node_sessions(env)() as session:
+            assert session.scalar(select(func.count(Instance.id))) == 24
+            assert session.scalar(select(func.count(func.distinct(Instance.sop_instance_uid)))) == 24
+
+        pids = {int(str(record["pid"])) for record in _events(node, "listener.started")}
+        assert node.stop() == 0
+        assert not any(_alive(pid) for pid in pids)
+        assert len(_events(node, "listener.stopped")) == 2
+    finally:
+        node.stop()
+
+
+def test_a_listener_process_that_dies_is_restarted(tmp_path: Path) -> None:
+    require_tools("echoscu")
+    env = node_env(tmp_path, TRIAGE_LISTENER_PROCESSES="2")
+    port = int(env["TRIAGE_PORT"])
+    node = NodeProcess("listen", tmp_path, env)
+    try:
+        node.wait_port(port)
+        started = wait_for(lambda: _events(node, "node.child.started"), 60, "the second listener process", node.log)
+        extra = int(str(started[0]["pid"]))  # type: ignore[index]
+        wait_for(lambda: len(_events(node, "listener.started")) == 2, 60, "both listener processes", node.log)
+        os.kill(extra, signal.SIGKILL)
+
+        wait_for(lambda: len(_events(node, "node.child.started")) == 2, 60, "a new listener process", node.log)
+        exited = _events(node, "node.child.exited")
+        assert exited and exited[0]["child"] == "listener-2" and exited[0]["returncode"] == -signal.SIGKILL
+        wait_for(lambda: len(_events(node, "listener.started")) == 3, 60, "the new process to listen", node.log)
+        assert all(echoscu(port).returncode == 0 for _ in range(8))
+    finally:
+        node.stop()
