@@ -179,12 +179,6 @@ class _AccessControlledServer(ThreadedAssociationServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
-
-class _SharedPortServer(_AccessControlledServer):
-    """One of several listener processes bound to the same port (``TRIAGE_LISTENER_PROCESSES``)."""
-
-    reuse_port = True
-
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if not self.allowed_networks:
             return True
@@ -196,6 +190,12 @@ class _SharedPortServer(_AccessControlledServer):
         if not allowed:
             event(log, "listener.assoc.refused_address", logging.WARNING, peer=str(address))
         return allowed
+
+
+class _SharedPortServer(_AccessControlledServer):
+    """One of several listener processes bound to the same port (``TRIAGE_LISTENER_PROCESSES``)."""
+
+    reuse_port = True
 
 
 class Listener:
