@@ -11,6 +11,9 @@ before this one starts, completes studies and dispatches the outbox.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -20,10 +23,27 @@ from ops.config import ConfigError, load_settings
 from ops.logs import configure
 
 
+def _stop_with_parent(parent: int) -> bool:
+    """Have the kernel send SIGTERM when the node process dies, even by SIGKILL (Linux prctl), so no
+    orphan keeps serving the port; False if the parent is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: SO_REUSEPORT sharing is refused there anyway
+    return os.getppid() == parent
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m listener.extra_process")
     parser.add_argument("--grace", type=float, default=30.0, help="seconds to finish C-STOREs on SIGTERM")
+    parser.add_argument("--parent", type=int, default=None, help="pid of the node process that started this one")
     args = parser.parse_args(argv)
+    if args.parent is not None and not _stop_with_parent(args.parent):
+        return 0
     try:
         settings = load_settings()  # the first process's environment, TRIAGE_CONFIG and TRIAGE_PORT included
     except ConfigError as exc:

@@ -40,7 +40,7 @@ def run_node(settings: Settings, *, with_worker: bool, grace_seconds: float = 30
     # whenever they end
     children = [
         _Supervised(f"listener-{index}", [sys.executable, "-m", "listener.extra_process",
-                                          "--grace", str(grace_seconds)],
+                                          "--grace", str(grace_seconds), "--parent", str(os.getpid())],
                     env={**os.environ, "TRIAGE_PORT": str(listener.port)}, grace_seconds=grace_seconds)
         for index in range(2, settings.listener_processes + 1)
     ]

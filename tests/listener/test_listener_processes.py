@@ -26,11 +26,12 @@ def _events(node: NodeProcess, name: str) -> list[dict[str, object]]:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper that may never come is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
-    return True
 
 
 def test_processes_share_the_port_store_each_instance_once_and_stop_together(
@@ -81,5 +82,24 @@ def test_a_listener_process_that_dies_is_restarted(tmp_path: Path) -> None:
         assert exited and exited[0]["child"] == "listener-2" and exited[0]["returncode"] == -signal.SIGKILL
         wait_for(lambda: len(_events(node, "listener.started")) == 3, 60, "the new process to listen", node.log)
         assert all(echoscu(port).returncode == 0 for _ in range(8))
+    finally:
+        node.stop()
+
+
+def test_extra_processes_stop_when_the_node_process_is_killed(tmp_path: Path) -> None:
+    require_tools("echoscu")
+    env = node_env(tmp_path, TRIAGE_LISTENER_PROCESSES="3")
+    port = int(env["TRIAGE_PORT"])
+    node = NodeProcess("listen", tmp_path, env)
+    try:
+        node.wait_port(port)
+        wait_for(lambda: len(_events(node, "listener.started")) == 3, 60, "three listener processes", node.log)
+        extras = [int(str(record["pid"])) for record in _events(node, "node.child.started")]
+        os.kill(node.process.pid, signal.SIGKILL)  # not the group: as if only the node process were killed
+        node.process.wait(30)
+
+        wait_for(lambda: not any(_alive(pid) for pid in extras), 60, "the orphaned listener processes to stop",
+                 node.log)
+        assert echoscu(port).returncode != 0  # nobody serves the port any more
     finally:
         node.stop()
