@@ -56,6 +56,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                   help="int8: score with the int8 model the node runs on the CPU (report in SPLIT-int8; the card "
+                        "keeps the fp32 figures)")
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser("calibrate", help="int8 activation ranges for ONNX Runtime, checked against fp32 on val",
@@ -115,13 +118,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from engine.evaluate import evaluate_model
+    from engine.runtimes.base import RuntimeUnavailable
     from engine.weights import WeightsError
 
     torch.set_num_threads(args.threads)
     try:
         summary = evaluate_model(args.model, args.split, args.out, device=args.device, weights_dir=args.weights_dir,
-                                 n_boot=args.bootstrap)
-    except WeightsError as exc:
+                                 n_boot=args.bootstrap, precision=args.precision)
+    except (WeightsError, RuntimeUnavailable) as exc:
         print(f"triage evaluate: {exc}", file=sys.stderr)
         return 2
     print(summary)

@@ -157,14 +157,24 @@ def _markdown(name: str, split: str, version: str, thr: float, res: dict[str, An
 
 
 def evaluate_model(name: str, split: str = "val", out: Path | None = None, device: str = "cpu",
-                   weights_dir: Path | None = None, n_boot: int = 1000, update_card: bool | None = None) -> str:
+                   weights_dir: Path | None = None, n_boot: int = 1000, update_card: bool | None = None,
+                   precision: str = "fp32") -> str:
     """Score ``split`` with the saved weights of ``name`` and write the report; returns the Markdown.
 
     With ``split == "test"`` (and ``update_card`` not False) the test metrics are written into the
-    model card too.
+    model card too. ``precision="int8"`` scores with the int8 model the node runs on the CPU (ONNX
+    Runtime, from the committed calibration ranges) instead of the fp32 network: its report goes to
+    ``SPLIT-int8`` and the card, which describes the fp32 model, is left as it is.
+
+    Raises
+    ------
+    RuntimeUnavailable
+        With ``precision="int8"``, if the model has no valid calibration ranges or onnxruntime is missing.
     """
     from engine.train import predict_scores
 
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
     wdir = weights_dir or default_weights_dir()
     loaded = load_weights(name, wdir)
     size = int(loaded.config.get("image_size", 256))
@@ -172,11 +182,11 @@ def evaluate_model(name: str, split: str = "val", out: Path | None = None, devic
     samples = D.load_split(dataset, split, "covid")  # type: ignore[arg-type]
     x = D.preprocess_samples(samples, size, progress=True)
     y = np.array([s.label for s in samples], dtype=np.int64)
-    p = predict_scores(loaded.model, x, device=device)
+    p = predict_scores(loaded.model, x, device=device) if precision == "fp32" else _int8_scores(loaded, wdir, x)
     thr = float(loaded.card.get("threshold", {}).get("value", 0.5))
     res = evaluate_scores(y, p, thr, n_boot=n_boot)
     per_source = _per_source(samples, y, p, thr) if dataset == "cxr" else None
-    out = out or (wdir / "reports" / name / split)
+    out = out or (wdir / "reports" / name / (split if precision == "fp32" else f"{split}-{precision}"))
     out.mkdir(parents=True, exist_ok=True)
     groups = None
     if dataset == "cxr":
@@ -187,12 +197,12 @@ def evaluate_model(name: str, split: str = "val", out: Path | None = None, devic
         w.writerow(["file", "label", "source", "finding", "score"])
         for s, sc in zip(samples, p, strict=True):
             w.writerow([s.path.name, s.label, s.source, s.finding, f"{sc:.6f}"])
-    payload = {"model": name, "version": loaded.version, "split": split, "threshold": thr, **res,
+    payload = {"model": name, "version": loaded.version, "split": split, "precision": precision, "threshold": thr, **res,
                "per_source": per_source, "paper": PAPER_RESULTS.get(name)}
     (out / "metrics.json").write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
     md = _markdown(name, split, loaded.version, thr, res, per_source, loaded.card)
     (out / "report.md").write_text(md, encoding="utf-8")
-    if split == "test" and update_card is not False and loaded.card:
+    if split == "test" and precision == "fp32" and update_card is not False and loaded.card:
         card = dict(loaded.card)
         metrics = dict(card.get("metrics", {}))
         metrics["test"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res["at_threshold"].items()}
@@ -205,6 +215,18 @@ def evaluate_model(name: str, split: str = "val", out: Path | None = None, devic
         write_card(name, card, wdir)
     write_summary(wdir)
     return md
+
+
+def _int8_scores(loaded: Any, wdir: Path, x: np.ndarray) -> np.ndarray:
+    """Probabilities from the int8 model as the node builds it (no fallback to fp32: that would
+    report fp32 figures under the int8 label)."""
+    from engine.predictor import Predictor
+    from engine.runtimes.int8 import cached_int8
+    from engine.runtimes.ort_cpu import OrtBackend
+
+    kind = "cxr" if loaded.name == "deep-cxr-net" else "ct"
+    backend = OrtBackend(cached_int8(loaded, wdir), precision="int8")
+    return Predictor(kind, loaded, backend).predict(np.asarray(x, np.float32)[:, None])
 
 
 def write_summary(wdir: Path) -> Path:

@@ -100,6 +100,34 @@ def test_evaluate_writes_report_plots_and_paper_numbers(split: str, tiny_weights
     assert len(metrics["threshold_table"]) == 9
 
 
+@pytest.mark.skipif(not cpu_has_vnni(), reason="int8 runs only on CPUs with VNNI")
+def test_evaluate_int8_scores_with_the_int8_model_the_node_runs(shared_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for path in (REPO / "engine" / "weights").glob("deep-ct-net.*"):  # the committed weights and ranges
+        shutil.copy(path, weights)
+    card = (weights / "deep-ct-net.card.json").read_text()
+    out = tmp_path / "report"
+    res = _triage("evaluate", "deep-ct-net", "--split", "val", "--precision", "int8", "--out", str(out),
+                  "--bootstrap", "100", weights=weights, timeout=300)
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision"] == "int8" and metrics["at_threshold"]["n"] == 118
+    recorded = json.loads((weights / "deep-ct-net.int8.json").read_text())["accuracy"]
+    assert abs(metrics["at_threshold"]["auc"] - recorded["auc_int8"]) < 1e-3  # what triage calibrate measured
+    assert (weights / "deep-ct-net.card.json").read_text() == card  # the card describes the fp32 model
+
+
+def test_evaluate_int8_without_ranges_says_how_to_make_them(tiny_weights: Path, shared_data: Path,
+                                                            tmp_path: Path) -> None:
+    res = _triage("evaluate", "deep-ct-net", "--precision", "int8", "--out", str(tmp_path / "report"),
+                  "--bootstrap", "10", weights=tiny_weights, timeout=300)
+    assert res.returncode == 2
+    assert "int8" in res.stderr and ("triage calibrate" in res.stderr or "VNNI" in res.stderr), res.stderr
+
+
 @pytest.mark.skipif(not cpu_has_vnni(), reason="triage calibrate runs only on CPUs with VNNI, where int8 runs")
 def test_calibrate_prints_the_val_figures_and_writes_ranges_only_within_the_bounds(tiny_weights: Path,
                                                                                    shared_data: Path,
