@@ -2,12 +2,14 @@
 
 The C-STORE path (see DESIGN.md, listener/):
 
-1. The received data set is taken as pynetdicom received it (``encoded_dataset``), never decoded and
-   re-encoded: what is stored is byte for byte what was sent, behind the node's own file meta.
+1. The received data set is taken as pynetdicom received it (the request's encoded bytes), never
+   decoded and re-encoded: what is stored is byte for byte what was sent, behind the node's own file
+   meta (``listener.filemeta``).
 2. At once, an I/O thread writes those bytes to a new file under ``<storage>/tmp`` and fsyncs it.
-   Meanwhile the handler parses the identifying attributes and checks every UID, then looks the
-   instance up and runs the row's statements (not yet committed). A refused instance gets its
-   failure status and its temporary file is removed: it never reaches a final name.
+   Meanwhile the handler parses the identifying attributes and checks every UID, then runs the row's
+   statements (not yet committed); only if the unique index refuses the row (a re-send) is the
+   instance looked up. A refused instance gets its failure status and its temporary file is
+   removed: it never reaches a final name.
 3. Once the temporary file is fsynced it is renamed to ``<storage>/<study>/<series>/<instance>.dcm``
    and the directory fsynced; only then is the row committed, and only then is Success answered.
    A full disk (ENOSPC) or a failed commit removes what was written and answers 0xA700 (retry later).
