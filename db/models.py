@@ -195,6 +195,10 @@ class Result(Base):
     series_uid: Mapped[str | None] = mapped_column(UID)  # the analysed series
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(64))
+    # the arithmetic behind the score (one model version gives slightly different scores in fp32, int8
+    # and fp16): "onnxruntime" / "int8", "tensorrt" / "fp16", ...; NULL before revision 0003
+    runtime: Mapped[str | None] = mapped_column(String(32))
+    precision: Mapped[str | None] = mapped_column(String(16))
     score: Mapped[float | None] = mapped_column(Float)
     decision: Mapped[str] = mapped_column(String(32))
     slice_scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

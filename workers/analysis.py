@@ -140,7 +140,7 @@ def _write_outputs(ctx: WorkerContext, study_uid: str, model: Any, kind: str, da
     objects: list[tuple[str, pydicom.Dataset]] = [
         ("sr", build_sr(datasets, key_datasets, score=score, decision=decision, threshold=model.threshold,
                         model_name=model.model_name, model_version=model.model_version,
-                        aggregation=RULES[kind]))
+                        aggregation=RULES[kind], inference=f"{model.runtime} {model.precision} on {model.device}"))
     ]
     for index, (source, rgb) in enumerate(zip(key_datasets, overlays, strict=True)):
         objects.append(("sc", build_sc(source, rgb, index=index, score=score, model_name=model.model_name,
@@ -164,7 +164,8 @@ def _record(ctx: WorkerContext, job_id: int, study_id: int, series_uid: str, mod
         session.execute(delete(Result).where(Result.study_id == study_id, Result.model_name == model.model_name,
                                              Result.model_version == model.model_version))
         result = Result(job_id=job_id, study_id=study_id, series_uid=series_uid, model_name=model.model_name,
-                        model_version=model.model_version, score=score, decision=decision,
+                        model_version=model.model_version, runtime=model.runtime, precision=model.precision,
+                        score=score, decision=decision,
                         slice_scores={"sop_instance_uids": sop_uids, "scores": [round(s, 6) for s in scores],
                                       "skipped": skipped_slices, "threshold": model.threshold},
                         timings=timings, outputs=outputs)

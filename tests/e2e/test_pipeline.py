@@ -129,6 +129,8 @@ def test_orthanc_studies_come_back_with_sr_and_sc(
         assert back["score"] == pytest.approx(result.score, abs=1e-6)
         assert back["decision"] == result.decision
         assert back["algorithm"] == (result.model_name, result.model_version)
+        assert result.runtime and result.precision  # the arithmetic behind the score, in the record
+        assert f"{result.runtime} {result.precision} on cpu" in back["algorithm_parameters"]  # and in the SR
         assert sr.StudyInstanceUID == _study_uid(orthanc, study_id)
         referenced = _referenced_series(sr)
         if study_id == ct_study:

@@ -86,6 +86,7 @@ class SRResult(TypedDict):
     threshold: float | None
     decision: str
     algorithm: tuple[str, str] | None
+    algorithm_parameters: list[str]  # aggregation rule, inference (runtime, precision, device)
     key_images: list[str]
 
 
@@ -102,6 +103,7 @@ def build_sr(
     institution_name: str | None = None,
     institutional_department_name: str | None = None,
     aggregation: str | None = None,
+    inference: str | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the Comprehensive 3D SR (TID 1500) of one analysed study.
 
@@ -130,6 +132,10 @@ def build_sr(
     aggregation
         How slice scores became the study score, in words; written as an Algorithm Parameter
         (DCM 111002) of the algorithm identification so a reader of the SR can see the rule.
+    inference
+        The arithmetic that produced the score (runtime, precision, device, e.g. "onnxruntime int8
+        on cpu"), a second Algorithm Parameter: one model version scores slightly differently in
+        fp32, int8 and fp16, and an auditor of the SR should be able to tell which ran.
 
     Returns
     -------
@@ -159,8 +165,9 @@ def build_sr(
     if strays:
         raise ValueError(f"key images not among the source images: {strays}")
 
+    parameters = [text for text in (aggregation, inference) if text]
     algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version,
-                                              parameters=[aggregation] if aggregation else None,
+                                              parameters=parameters or None,
                                               family=codes.DCM.ArtificialIntelligence)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -254,6 +261,7 @@ def read_sr_result(source: str | Path | Dataset) -> SRResult:
         "threshold": float(thresholds[0].value) if thresholds else None,
         "decision": decisions[0],
         "algorithm": _algorithm(scores[0]),
+        "algorithm_parameters": _algorithm_parameters(scores[0]),
         "key_images": [str(ref.referenced_sop_instance_uid) for ref in scores[0].referenced_images],
     }
 
@@ -283,11 +291,22 @@ def _local_scheme() -> Dataset:
     return item
 
 
-def _algorithm(measurement: hd.sr.Measurement) -> tuple[str, str] | None:
-    """(name, version) of the TID 4019 algorithm identification attached to a measurement."""
+def _algorithm_rows(measurement: hd.sr.Measurement) -> hd.sr.ContentSequence | None:
     item = measurement[0]  # the NUM content item; its children hold the TID 4019 rows
     children = item.ContentSequence if "ContentSequence" in item else None
-    if not isinstance(children, hd.sr.ContentSequence):
+    return children if isinstance(children, hd.sr.ContentSequence) else None
+
+
+def _algorithm_parameters(measurement: hd.sr.Measurement) -> list[str]:
+    """The Algorithm Parameters (DCM 111002) of the TID 4019 rows, in order."""
+    children = _algorithm_rows(measurement)
+    return [] if children is None else [str(row.value) for row in children.find(codes.DCM.AlgorithmParameters)]
+
+
+def _algorithm(measurement: hd.sr.Measurement) -> tuple[str, str] | None:
+    """(name, version) of the TID 4019 algorithm identification attached to a measurement."""
+    children = _algorithm_rows(measurement)
+    if children is None:
         return None
     names = children.find(codes.DCM.AlgorithmName)
     versions = children.find(codes.DCM.AlgorithmVersion)

@@ -32,7 +32,8 @@ THRESHOLD_VALUE = 0.42
 def _ct_sr(series: list[pydicom.Dataset], keys: list[pydicom.Dataset], version: str = CT_MODEL[1],
            score: float = SCORE) -> hd.sr.Comprehensive3DSR:
     return build_sr(series, keys, score=score, decision="covid-suspected", threshold=THRESHOLD_VALUE,
-                    model_name=CT_MODEL[0], model_version=version, institution_name="Test Hospital")
+                    model_name=CT_MODEL[0], model_version=version, institution_name="Test Hospital",
+                    aggregation="mean of the top slices", inference="onnxruntime int8 on cpu")
 
 
 def _evidence_instances(sr: pydicom.Dataset) -> set[str]:
@@ -56,6 +57,7 @@ def test_ct_sr_passes_dciodvfy_and_reads_back(tmp_path: Path, require_dciodvfy: 
     assert back["threshold"] == pytest.approx(THRESHOLD_VALUE)
     assert back["decision"] == "covid-suspected"
     assert back["algorithm"] == CT_MODEL
+    assert back["algorithm_parameters"] == ["mean of the top slices", "onnxruntime int8 on cpu"]
     assert back["key_images"] == [str(ds.SOPInstanceUID) for ds in keys]
 
     stored = pydicom.dcmread(path)
@@ -103,7 +105,7 @@ def test_cxr_sr_not_suspected_passes_dciodvfy(tmp_path: Path, require_dciodvfy: 
     assert dciodvfy(path).errors == []
     back = read_sr_result(sr)  # from the dataset: serialised and parsed again
     assert back == {"score": pytest.approx(0.1), "threshold": pytest.approx(0.5), "decision": "covid-not-suspected",
-                    "algorithm": CXR_MODEL, "key_images": [str(cr.SOPInstanceUID)]}
+                    "algorithm": CXR_MODEL, "algorithm_parameters": [], "key_images": [str(cr.SOPInstanceUID)]}
     group = hd.sr.srread(path).content.get_image_measurement_groups()[0]
     assert group.get_qualitative_evaluations(name=COVID_19)[0].value == NOT_SUSPECTED
     procedure = next(item for item in sr.ContentSequence
