@@ -22,6 +22,8 @@ from listener.service import build_listener, wait_for_signal
 from ops.config import ConfigError, load_settings
 from ops.logs import configure
 
+_PR_SET_PDEATHSIG = 1  # prctl option: the signal this process gets when its parent dies
+
 
 def _stop_with_parent(parent: int) -> bool:
     """Have the kernel send SIGTERM when the node process dies, even by SIGKILL (Linux prctl), so no
@@ -32,9 +34,6 @@ def _stop_with_parent(parent: int) -> bool:
     except (OSError, AttributeError):
         pass  # not Linux: SO_REUSEPORT sharing is refused there anyway
     return os.getppid() == parent
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

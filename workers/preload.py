@@ -56,8 +56,7 @@ def load_models(kinds: Sequence[str] = KINDS) -> dict[str, float]:
 
 def _warm(model: Any) -> None:
     """One blank image through the predictor: the runtime's first call allocates and plans."""
-    size = int(getattr(getattr(model, "predictor", None), "input_size", 256))
-    model.predict_images([np.zeros((size, size), np.uint8)])
+    model.predict_images([np.zeros((model.input_size, model.input_size), np.uint8)])
 
 
 def start_loading(kinds: Sequence[str] = KINDS) -> threading.Thread:

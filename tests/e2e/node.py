@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -61,6 +63,11 @@ class NodeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log records of event ``name`` (needs ``TRIAGE_LOG_FORMAT=json``, as node_env sets)."""
+        records = (json.loads(line) for line in self.log().splitlines() if line.startswith("{"))
+        return [record for record in records if record.get("event") == name]
 
 
 def node_env(workdir: Path, *, port: int | None = None, broker_url: str | None = None,

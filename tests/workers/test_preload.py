@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,25 +11,15 @@ from tests.e2e.node import NodeProcess, node_env, wait_for
 pytestmark = pytest.mark.timeout(300)
 
 
-def _events(log: str, name: str) -> list[dict[str, object]]:
-    found = []
-    for line in log.splitlines():
-        if line.startswith("{") and f'"{name}"' in line:
-            record = json.loads(line)
-            if record.get("event") == name:
-                found.append(record)
-    return found
-
-
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
 def test_worker_loads_both_models_before_any_study(tmp_path: Path, pool: str) -> None:
     worker = NodeProcess("worker", tmp_path, node_env(tmp_path, TRIAGE_WORKER_POOL=pool))
     try:
-        loaded = wait_for(lambda: {str(e["kind"]) for e in _events(worker.log(), "worker.model.loaded")} >= {"ct", "cxr"}
-                          and _events(worker.log(), "worker.model.loaded"), 240, "both models to load", worker.log)
+        loaded = wait_for(lambda: {str(e["kind"]) for e in worker.events("worker.model.loaded")} >= {"ct", "cxr"}
+                          and worker.events("worker.model.loaded"), 240, "both models to load", worker.log)
         assert worker.process.poll() is None
         assert all(float(str(e["seconds"])) > 0 for e in loaded)  # type: ignore[union-attr]
-        assert not _events(worker.log(), "worker.model.preload_failed")
+        assert not worker.events("worker.model.preload_failed")
     finally:
         worker.stop()
 
@@ -40,8 +29,8 @@ def test_unloadable_weights_are_reported_at_start_and_the_worker_keeps_serving(t
     empty.mkdir()
     worker = NodeProcess("worker", tmp_path, node_env(tmp_path, TRIAGE_WEIGHTS_DIR=str(empty)))
     try:
-        failed = wait_for(lambda: len(_events(worker.log(), "worker.model.preload_failed")) == 2
-                          and _events(worker.log(), "worker.model.preload_failed"), 240,
+        failed = wait_for(lambda: len(worker.events("worker.model.preload_failed")) == 2
+                          and worker.events("worker.model.preload_failed"), 240,
                           "both preload failures to be logged", worker.log)
         assert {e["kind"] for e in failed} == {"ct", "cxr"}  # type: ignore[union-attr]
         assert all("TRIAGE_WEIGHTS_DIR" in str(e["hint"]) for e in failed)  # type: ignore[union-attr]
