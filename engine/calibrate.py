@@ -33,6 +33,12 @@ agreement was checked on val only; the test split was not used for it. Reported 
 (``triage evaluate deep-ct-net --split test --precision int8``, 203 images, threshold 0.246): AUC
 0.767 (95 % CI 0.695-0.828) against fp32's 0.769 (0.697-0.831); sensitivity 0.724 for both,
 specificity 0.724 against 0.743 (two more false positives).
+
+The ranges were computed on an Intel Xeon. An AMD EPYC exports the same weights with the folded
+convolution-BatchNormalization values different in their last bits (so the ranges are tied to the
+export's graph, not its bytes, see :func:`engine.runtimes.onnx_export.graph_digest`); there
+``triage calibrate deep-ct-net --recheck`` gave AUC int8 0.7506, max |Δprob| 0.0858, mean 0.0117,
+4 decisions changed: within the bounds.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from engine.runtimes.onnx_export import cached_onnx
 from engine.weights import load_weights
 from engine.weights import weights_dir as default_weights_dir
 
-__all__ = ["BOUNDS", "accuracy_check", "calibrate_model"]
+__all__ = ["BOUNDS", "accuracy_check", "calibrate_model", "recheck_model"]
 
 #: int8 against fp32 on the val split: |ΔAUC|, max and mean |Δprob|, and changed decisions at the
 #: card's threshold as a fraction of the split.
@@ -91,9 +97,6 @@ def calibrate_model(name: str, weights_directory: Path | None = None, *, max_ima
     bool
         Whether the check passed and the file was written.
     """
-    from engine.predictor import Predictor
-    from engine.runtimes.ort_cpu import OrtBackend
-
     if not cpu_has_vnni():  # the check must run on the arithmetic int8 will run on (see cpu_has_vnni)
         log(f"{name}: this CPU has no VNNI, where int8 runs nowhere: calibrate on a CPU with avx512_vnni or avx_vnni")
         return False
@@ -107,27 +110,72 @@ def calibrate_model(name: str, weights_directory: Path | None = None, *, max_ima
         train = [train[int(i)] for i in np.linspace(0, len(train) - 1, max_images)]
     log(f"{name}: {CALIBRATION['method']} ranges of {fp32.name} over {len(train)} train images at {size}px")
     ranges = compute_ranges(fp32, _grey(train, size))
-    threshold = float(loaded.card.get("threshold", {}).get("value", 0.5))
-    val = D.load_split(dataset, "val", "covid")  # type: ignore[arg-type]
-    x = np.stack(list(_grey(val, size)))
-    y = np.array([s.label for s in val], dtype=np.int64)
-    int8 = fp32.with_name(f".{name}-calibrating.{os.getpid()}.onnx")
-    try:
-        build_int8(fp32, ranges, int8)
-        p32, p8 = (Predictor(dataset, loaded, OrtBackend(path)).predict(x) for path in (fp32, int8))
-    finally:
-        int8.unlink(missing_ok=True)
-    check = accuracy_check(y, p32, p8, threshold)
-    log(f"{name} on val ({check['images']} images): AUC fp32 {check['auc_fp32']:.4f}, int8 {check['auc_int8']:.4f}; "
-        f"|prob int8 - fp32| max {check['max_prob_change']:.4f}, mean {check['mean_prob_change']:.4f}; "
-        f"{check['flips']} decisions at threshold {threshold:.4f} change")
-    log("bounds: " + ", ".join(f"{k} <= {v}" for k, v in BOUNDS.items()) + f": {'pass' if check['passed'] else 'FAIL'}")
+    check = _val_check(loaded, dataset, size, fp32, ranges, log)
     if not check["passed"]:
         log(f"{ranges_path(name, wdir)} not written: int8 stays off for {name}")
         return False
     path = write_ranges(ranges_document(loaded, fp32, ranges, len(train), check), wdir)
     log(f"wrote {path}")
     return True
+
+
+def recheck_model(name: str, weights_directory: Path | None = None, *, log: Callable[[str], None] = print) -> bool:
+    """Check the committed ranges again on val, with this machine's export and CPU; writes nothing.
+
+    For a node on another CPU than the one ``triage calibrate`` ran on: the int8 model the node
+    builds there from the committed ranges is held to the same :data:`BOUNDS` against fp32, and the
+    figures are printed beside the recorded ones.
+
+    Returns
+    -------
+    bool
+        Whether the int8 model the node would run here passes; False too where it would not run
+        (no ranges, other weights or graph, no VNNI), with the reason.
+    """
+    from engine.runtimes.base import RuntimeUnavailable
+    from engine.runtimes.int8 import cached_int8, read_ranges
+
+    wdir = weights_directory or default_weights_dir()
+    loaded = load_weights(name, wdir)
+    try:
+        recorded = read_ranges(name, wdir)["accuracy"]
+        int8 = cached_int8(loaded, wdir)  # refuses what the node would refuse, says why
+    except RuntimeUnavailable as exc:
+        log(f"{name}: int8 does not run here: {exc}")
+        return False
+    log(f"{name}: recorded on val: AUC fp32 {recorded['auc_fp32']:.4f}, int8 {recorded['auc_int8']:.4f}; "
+        f"|prob int8 - fp32| max {recorded['max_prob_change']:.4f}, mean {recorded['mean_prob_change']:.4f}; "
+        f"{recorded['flips']} decisions change")
+    dataset = "cxr" if name == "deep-cxr-net" else "ct"
+    check = _val_check(loaded, dataset, int(loaded.config.get("image_size", 256)), cached_onnx(loaded, wdir), None,
+                       log, int8=int8)
+    return bool(check["passed"])
+
+
+def _val_check(loaded: Any, dataset: str, size: int, fp32: Path, ranges: dict[str, list[float]] | None,
+               log: Callable[[str], None], int8: Path | None = None) -> dict[str, Any]:
+    """Score val with fp32 and with int8 (built from ``ranges``, or the given ``int8`` model) and judge them."""
+    from engine.predictor import Predictor
+    from engine.runtimes.ort_cpu import OrtBackend
+
+    threshold = float(loaded.card.get("threshold", {}).get("value", 0.5))
+    val = D.load_split(dataset, "val", "covid")  # type: ignore[arg-type]
+    x = np.stack(list(_grey(val, size)))
+    y = np.array([s.label for s in val], dtype=np.int64)
+    built = fp32.with_name(f".{loaded.name}-calibrating.{os.getpid()}.onnx")
+    try:
+        if int8 is None:
+            assert ranges is not None
+            int8 = build_int8(fp32, ranges, built)
+        p32, p8 = (Predictor(dataset, loaded, OrtBackend(path)).predict(x) for path in (fp32, int8))
+    finally:
+        built.unlink(missing_ok=True)
+    check = accuracy_check(y, p32, p8, threshold)
+    log(f"{loaded.name} on val ({check['images']} images): AUC fp32 {check['auc_fp32']:.4f}, int8 "
+        f"{check['auc_int8']:.4f}; |prob int8 - fp32| max {check['max_prob_change']:.4f}, mean "
+        f"{check['mean_prob_change']:.4f}; {check['flips']} decisions at threshold {threshold:.4f} change")
+    log("bounds: " + ", ".join(f"{k} <= {v}" for k, v in BOUNDS.items()) + f": {'pass' if check['passed'] else 'FAIL'}")
+    return check
 
 
 def _grey(samples: list[D.Sample], size: int) -> Iterator[NDArray[np.float32]]:

@@ -66,11 +66,15 @@ def register(subparsers: Any) -> None:
                                           "train split, build the int8 model from them and compare it with fp32 on "
                                           "the val split (AUC, max and mean |prob change|, decisions that change at "
                                           "the card's threshold). Writes MODEL.int8.json beside the weights only if "
-                                          "the bounds hold; exit 0 if written, 1 if not, 2 on a weights or data error.")
+                                          "the bounds hold; exit 0 if written, 1 if not, 2 on a weights or data error. "
+                                          "--recheck instead holds the committed ranges to the same bounds with this "
+                                          "machine's export and CPU (writes nothing; exit 0 if they pass).")
     p.add_argument("model", choices=_MODELS)
     p.add_argument("--weights-dir", type=Path, default=None, help="default: TRIAGE_WEIGHTS_DIR or engine/weights")
     p.add_argument("--max-images", type=int, default=None,
                    help="calibrate on N train images spread over the split (default all)")
+    p.add_argument("--recheck", action="store_true",
+                   help="check the committed MODEL.int8.json on val here (for a node on another CPU); writes nothing")
     p.set_defaults(func=_calibrate)
 
     p = subparsers.add_parser("predict", help="COVID probability of image files (PNG/JPEG/DICOM), JSON lines",
@@ -133,11 +137,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from engine.calibrate import calibrate_model
+    from engine.calibrate import calibrate_model, recheck_model
     from engine.data import DataUnavailable
     from engine.weights import WeightsError
 
     try:
+        if args.recheck:
+            return 0 if recheck_model(args.model, args.weights_dir, log=lambda s: print(s, flush=True)) else 1
         written = calibrate_model(args.model, args.weights_dir, max_images=args.max_images,
                                   log=lambda s: print(s, flush=True))
     except (WeightsError, DataUnavailable) as exc:

@@ -7,7 +7,10 @@ how they were computed, and the accuracy check that let them be written (``triag
 :mod:`engine.calibrate`, writes the file only when int8 agrees with fp32 on val within its bounds).
 From the fp32 export (:func:`engine.runtimes.onnx_export.cached_onnx`) and that file alone, no
 images, :func:`cached_int8` makes the int8 model and caches it beside the fp32 export as
-``NAME-<export sha256[:16]>-<ranges sha256[:16]>-int8.onnx``.
+``NAME-<export sha256[:16]>-<ranges sha256[:16]>-int8.onnx``. The ranges hold for the weights they
+were computed from (their sha256) and for the export's graph (:func:`graph_digest`: operators and
+tensor names, not the exporter's folded values, whose last bits differ between CPUs), so an export
+made on another machine from the same weights keeps them.
 
 The recipe (:data:`CALIBRATION`; measured on a 2-core AVX-512 VNNI EPYC, two parallel
 single-threaded runs as :class:`engine.runtimes.ort_cpu.OrtBackend` runs them):
@@ -54,13 +57,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from engine.runtimes.base import RuntimeUnavailable
-from engine.runtimes.onnx_export import cache_dir, cached_onnx
+from engine.runtimes.onnx_export import cache_dir, cached_onnx, graph_digest
 
 __all__ = ["CALIBRATION", "RANGES_FORMAT", "build_int8", "cached_int8", "compute_ranges", "cpu_has_vnni", "ranges_digest",
            "ranges_document", "ranges_path", "read_ranges", "write_ranges"]
 
-#: Version of the ``NAME.int8.json`` layout.
-RANGES_FORMAT = 1
+#: Version of the ``NAME.int8.json`` layout (2: the export is named by its graph digest too).
+RANGES_FORMAT = 2
 #: How the ranges are computed and the model quantised; recorded in every ranges file. ``scope``: only
 #: nodes whose name holds it are quantised where the graph has any (the DenseNet backbones; the rest,
 #: at 8x8, stays fp32), else every node, except those named by ``fp32_scope`` (the backbone's own 8x8
@@ -99,7 +102,8 @@ def read_ranges(name: str, weights_directory: Path) -> dict[str, Any]:
         raise RuntimeUnavailable(f"no int8 calibration ranges ({path} not found; {remake})")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        ranges, sha = doc["ranges"], doc["fp32_export"]["sha256"]
+        ranges, sha = doc["ranges"], doc["fp32_export"]["graph_sha256"]
+        weights_sha = doc["weights_sha256"]
         passed, recipe = doc["accuracy"]["passed"], doc["calibration"]["recipe"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RuntimeUnavailable(f"int8 calibration ranges {path} are unreadable ({exc}); {remake}") from exc
@@ -109,7 +113,7 @@ def read_ranges(name: str, weights_directory: Path) -> dict[str, Any]:
         raise RuntimeUnavailable(f"{path} records a failed accuracy check; {remake}")
     if recipe != CALIBRATION:
         raise RuntimeUnavailable(f"{path} was made with another recipe ({recipe}); {remake}")
-    if not isinstance(sha, str) or not isinstance(ranges, dict) or not all(
+    if not isinstance(sha, str) or not isinstance(weights_sha, str) or not isinstance(ranges, dict) or not all(
             isinstance(v, list) and len(v) == 2 and all(isinstance(b, (int, float)) for b in v) and v[0] <= v[1]
             for v in ranges.values()):
         raise RuntimeUnavailable(f"{path} holds malformed ranges; {remake}")
@@ -128,7 +132,8 @@ def ranges_document(loaded: Any, fp32_path: Path, ranges: Mapping[str, Sequence[
     from engine.weights import file_sha256, git_commit
 
     return {"model": loaded.name, "format": RANGES_FORMAT, "weights_sha256": loaded.sha256,
-            "fp32_export": {"file": fp32_path.name, "sha256": file_sha256(fp32_path)},
+            "fp32_export": {"file": fp32_path.name, "sha256": file_sha256(fp32_path),
+                            "graph_sha256": graph_digest(fp32_path)},
             "calibration": {"recipe": CALIBRATION, "split": "train", "images": images,
                             "preprocessing": "engine.preprocess.preprocess, 1 channel"},
             "accuracy": dict(accuracy), "onnxruntime": onnxruntime.__version__,
@@ -168,20 +173,24 @@ def cached_int8(loaded: Any, weights_directory: Path, fp32_path: Path | None = N
     Raises
     ------
     RuntimeUnavailable
-        If the ranges are missing or refused (see :func:`read_ranges`), or were computed for another
-        fp32 export than the current one (the weights, or the exporter, changed since).
+        If the ranges are missing or refused (see :func:`read_ranges`), or were computed for other
+        weights or another graph than the current export's (the weights, or the exporter, changed).
     """
     from engine.weights import file_sha256
 
     doc = read_ranges(loaded.name, weights_directory)
+    name = ranges_path(loaded.name, weights_directory).name
+    remake = f"make new ranges with 'triage calibrate {loaded.name}'"
+    if doc["weights_sha256"] != loaded.sha256:
+        raise RuntimeUnavailable(f"{name} was computed for the weights with sha256 {doc['weights_sha256'][:16]}, "
+                                 f"{loaded.path.name} has {loaded.sha256[:16]}; {remake}")
     fp32_path = fp32_path or cached_onnx(loaded, weights_directory)
-    actual = file_sha256(fp32_path)
-    expected = doc["fp32_export"]["sha256"]
-    if actual != expected:
+    expected, graph = doc["fp32_export"]["graph_sha256"], graph_digest(fp32_path)
+    if graph != expected:
         raise RuntimeUnavailable(
-            f"{ranges_path(loaded.name, weights_directory).name} was computed for the fp32 export with sha256 "
-            f"{expected[:16]}, the current export {fp32_path.name} has {actual[:16]} (the weights or the exporter "
-            f"changed); make new ranges with 'triage calibrate {loaded.name}'")
+            f"{name} was computed for an fp32 export whose graph has sha256 {expected[:16]}, the current export "
+            f"{fp32_path.name} has {graph[:16]} (the exporter changed); {remake}")
+    actual = file_sha256(fp32_path)
     if not cpu_has_vnni():
         raise RuntimeUnavailable(
             "this CPU has no VNNI (avx512_vnni or avx_vnni): ONNX Runtime's uint8 x int8 kernels can saturate "

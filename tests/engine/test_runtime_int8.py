@@ -1,6 +1,7 @@
 """int8 for ONNX Runtime on the CPU: built from ranges alone (no images), agreeing with fp32 on real
 CT slices, cached by export and ranges hash, refused with a logged reason when the ranges do not fit
-the current export, and chosen by ``TRIAGE_CPU_PRECISION``."""
+the current weights or export graph (but kept for another CPU's export of the same graph), and chosen
+by ``TRIAGE_CPU_PRECISION``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 
 from engine.calibrate import BOUNDS, accuracy_check, calibrate_model
@@ -123,24 +125,52 @@ def test_matching_ranges_give_int8_built_once_and_cached_by_both_hashes(tiny_dir
     assert cached_int8(loaded, tiny_dir) != path
 
 
-def test_ranges_of_another_export_are_refused_and_fp32_runs(tiny_dir: Path, ct_images: list[Path],
-                                                            caplog: pytest.LogCaptureFixture,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    doc = _calibrated(tiny_dir, ct_images, fp32_export={"file": "old.onnx", "sha256": "0" * 64})
+def test_ranges_of_another_graph_or_other_weights_are_refused_and_fp32_runs(tiny_dir: Path, ct_images: list[Path],
+                                                                           caplog: pytest.LogCaptureFixture,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = load_weights("deep-ct-net", tiny_dir)
-    for precision in ("auto", "int8"):
-        monkeypatch.setenv("TRIAGE_CPU_PRECISION", precision)
-        caplog.clear()
-        with caplog.at_level(logging.INFO, logger="engine.runtimes"):
-            backend = OrtBackend.from_weights(loaded, tiny_dir)
-        assert backend.info.precision == "fp32"
-        refusal = [r for r in caplog.records if r.getMessage().startswith("engine.runtimes.int8_refused:")]
-        assert refusal and refusal[0].levelno == logging.WARNING
-        message = refusal[0].getMessage()
-        assert "0000000000000000" in message and "triage calibrate deep-ct-net" in message
+    for changes, said in (({"fp32_export": {"file": "old.onnx", "sha256": "0" * 64, "graph_sha256": "0" * 64}},
+                           "exporter changed"),
+                          ({"weights_sha256": "1" * 64}, "weights with sha256 1111111111111111")):
+        _calibrated(tiny_dir, ct_images, **changes)
+        for precision in ("auto", "int8"):
+            monkeypatch.setenv("TRIAGE_CPU_PRECISION", precision)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="engine.runtimes"):
+                backend = OrtBackend.from_weights(loaded, tiny_dir)
+            assert backend.info.precision == "fp32"
+            refusal = [r for r in caplog.records if r.getMessage().startswith("engine.runtimes.int8_refused:")]
+            assert refusal and refusal[0].levelno == logging.WARNING
+            message = refusal[0].getMessage()
+            assert said in message and "triage calibrate deep-ct-net" in message, message
+    doc = _calibrated(tiny_dir, ct_images)
     _calibrated(tiny_dir, ct_images, accuracy={**doc["accuracy"], "passed": False})
     monkeypatch.setenv("TRIAGE_CPU_PRECISION", "auto")
     assert OrtBackend.from_weights(loaded, tiny_dir).info.precision == "fp32", "a failed check is refused too"
+
+
+@requires_vnni
+def test_an_export_whose_folded_values_differ_in_the_last_bits_keeps_its_ranges(tiny_dir: Path,
+                                                                                ct_images: list[Path],
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """What another CPU's export of the same weights looks like: the exporter's folded
+    convolution-BatchNormalization weights one ulp apart (an Intel Xeon and an AMD EPYC gave exports
+    with different bytes from one weights file and torch)."""
+    monkeypatch.delenv("TRIAGE_CPU_PRECISION", raising=False)
+    _calibrated(tiny_dir, ct_images)
+    loaded = load_weights("deep-ct-net", tiny_dir)
+    export = cached_onnx(loaded, tiny_dir)
+    before = file_sha256(export)
+    model = onnx.load(str(export))
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 4:
+            values = onnx.numpy_helper.to_array(init).copy()
+            values.flat[::7] = np.nextafter(values.flat[::7], np.float32(np.inf))
+            init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    onnx.save(model, str(export))
+    assert file_sha256(export) != before
+    assert OrtBackend.from_weights(loaded, tiny_dir).info.precision == "int8"
+    assert before[:16] not in cached_int8(loaded, tiny_dir).name, "the int8 cache follows the export's bytes"
 
 
 @requires_vnni
