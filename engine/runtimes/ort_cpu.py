@@ -12,7 +12,7 @@ Settings chosen, and why (measured on a 2-core AVX-512 VNNI EPYC; ``triage bench
 * batch 4 per core: the measured optimum; larger batches fall out of the caches.
 * precision (``TRIAGE_CPU_PRECISION``: ``auto``, ``fp32`` or ``int8``): static int8 (QDQ, per-channel
   int8 weights, uint8 activations; :mod:`engine.runtimes.int8`) where committed calibration ranges
-  match the current fp32 export and passed their accuracy check on val, else fp32; ``auto`` and
+  match the weights and the fp32 export's graph and passed their accuracy check on val, else fp32; ``auto`` and
   ``int8`` both fall back to fp32 with the reason logged. Run this way (single-threaded runs in
   parallel), int8 deep-ct-net made 136 against 121 images/s at batch 1, 260 against 213 at batch 8
   and 222 against 175 at batch 32 (+12 %, +22 %, +27 %; ct-net +31-43 %, deep-cxr-net +6-24 %). An
