@@ -20,6 +20,8 @@ def test_worker_loads_both_models_before_any_study(tmp_path: Path, pool: str) ->
         assert worker.process.poll() is None
         assert all(float(str(e["seconds"])) > 0 for e in loaded)  # type: ignore[union-attr]
         assert not worker.events("worker.model.preload_failed")
+        wait_for(lambda: worker.events("worker.outputs.warmed"), 60, "the SR and SC builders to warm up", worker.log)
+        assert not worker.events("worker.outputs.warm_failed")
     finally:
         worker.stop()
 
