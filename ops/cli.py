@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ops.config import ConfigError
 
-_PARTS = ("ops.commands", "engine.cli")
+_PARTS = ("ops.commands", "workers.cli", "engine.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,8 +30,9 @@ def analyse_study(self: Task, job_id: int) -> str:
     try:
         outcome = analyse_job(ctx, job_id)
     except Exception as exc:
-        # A bug or a bad model file: record why, do not loop on it; the operator re-queues.
-        log.exception("analysis.failed", extra={"event": "analysis.failed", "job_id": job_id})
+        # A bug or a bad model file: record why, do not loop on it; the operator re-queues (triage jobs retry).
+        log.exception("analysis.failed", extra={"event": "analysis.failed", "job_id": job_id,
+                                                "hint": "fix the cause, then 'triage jobs retry JOB_ID' (or --failed)"})
         mark_failed(ctx, job_id, f"{type(exc).__name__}: {exc}")
         return "failed"
     return outcome.state.value
@@ -79,7 +80,7 @@ def export_result(self: Task, export_id: int) -> str:
         return "done"
     if final:
         event(log, "export.failed", logging.ERROR, export_id=export_id, destination=destination,
-              attempts=attempt_no, error=error, hint="check the destination; re-queue with the export id")
+              attempts=attempt_no, error=error, hint="fix the destination, then 'triage export retry EXPORT_ID' (or --failed)")
         return "failed"
     event(log, "export.retry", logging.WARNING, export_id=export_id, destination=destination, attempt=attempt_no,
           retry_in_s=delay, error=error)
