@@ -26,6 +26,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+#: URL scheme of the embedded broker (workers.embedded_broker): kombu's SQLite transport, polled faster.
+EMBEDDED_BROKER_SCHEME = "triage-sqla"
 ENV_PREFIX = "TRIAGE_"
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, no control chars
@@ -145,6 +147,13 @@ class Settings(BaseSettings):
         description="A study still receiving after this long is completed anyway, s.",
     )
     sweep_interval: float = Field(default=1.0, gt=0, description="How often completion is checked, s.")
+    dispatch_interval: float = Field(
+        default=0.1, gt=0, description="How often the dispatcher looks for queued work to publish, s."
+    )
+    broker_poll_seconds: float = Field(
+        default=0.1, gt=0, description="How often workers look for tasks in the embedded SQLite broker, s "
+        "(Redis pushes them)."
+    )
     durable_commit: bool = Field(
         default=True,
         description="SQLite: fsync every commit (synchronous=FULL). Turn off only for throwaway nodes.",
@@ -270,7 +279,7 @@ class Settings(BaseSettings):
         """Redis in production; else kombu's SQLAlchemy transport on SQLite: durable, no server."""
         if self.broker_url:
             return self.broker_url
-        return f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+        return f"{EMBEDDED_BROKER_SCHEME}+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
 
     @property
     def results_dir(self) -> Path:

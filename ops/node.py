@@ -33,7 +33,7 @@ def run_node(settings: Settings, *, with_worker: bool, grace_seconds: float = 30
     upgrade(engine)
     sessions = make_sessionmaker(engine)  # one pool for the listener, the sweeper and the dispatcher
     listener, sweeper = build_listener(settings, sessions)
-    dispatcher = Dispatcher(make_celery(settings), sessions)
+    dispatcher = Dispatcher(make_celery(settings), sessions, interval=settings.dispatch_interval)
     listener.start()
     # more listener processes on the same port, once this one has bound it (TRIAGE_PORT=0 resolved)
     # and cleaned the temporary folder; they exit cleanly only when told to, so they are restarted

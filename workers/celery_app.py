@@ -8,14 +8,15 @@
   worker vanished; it must exceed the longest job (``TRIAGE_JOB_VISIBILITY_TIMEOUT``).
 
 Without ``TRIAGE_BROKER_URL`` the broker is kombu's SQLAlchemy transport on a SQLite file under the
-data folder: durable, and no server to run (the README's one-command start).
+data folder: durable, and no server to run (the README's one-command start); workers poll it every
+``TRIAGE_BROKER_POLL_SECONDS`` (:mod:`workers.embedded_broker`).
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-from ops.config import Settings
+from ops.config import EMBEDDED_BROKER_SCHEME, Settings
 
 EXPORT_TOPIC = "export_result"  # outbox topic written with each result (ANALYSE_TOPIC: listener.completion)
 ANALYSE_TASK = "triage.analyse_study"
@@ -24,11 +25,16 @@ QUEUE = "triage"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("triage", broker=settings.resolved_broker_url, include=["workers.tasks"])
+    url = settings.resolved_broker_url
+    if url.startswith(f"{EMBEDDED_BROKER_SCHEME}+"):
+        from workers import embedded_broker
+
+        embedded_broker.register(settings.broker_poll_seconds)
+    app = Celery("triage", broker=url, include=["workers.tasks"])
     transport_options: dict[str, object] = {"visibility_timeout": settings.job_visibility_timeout}
-    if settings.resolved_broker_url.startswith("sqla+"):
-        # kombu's SQLAlchemy transport hands every transport option to create_engine(); it polls
-        # once a second and holds unacknowledged messages in its own table, so none are needed.
+    if url.startswith(("sqla+", f"{EMBEDDED_BROKER_SCHEME}+")):
+        # kombu's SQLAlchemy transport hands every transport option to create_engine(); it holds
+        # unacknowledged messages in its own table, so none are needed.
         transport_options = {}
     app.conf.update(
         task_acks_late=True,
