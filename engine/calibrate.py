@@ -34,11 +34,13 @@ agreement was checked on val only; the test split was not used for it. Reported 
 0.767 (95 % CI 0.695-0.828) against fp32's 0.769 (0.697-0.831); sensitivity 0.724 for both,
 specificity 0.724 against 0.743 (two more false positives).
 
-The ranges were computed on an Intel Xeon. An AMD EPYC exports the same weights with the folded
-convolution-BatchNormalization values different in their last bits (so the ranges are tied to the
-export's graph, not its bytes, see :func:`engine.runtimes.onnx_export.graph_digest`); there
-``triage calibrate deep-ct-net --recheck`` gave AUC int8 0.7506, max |Δprob| 0.0858, mean 0.0117,
-4 decisions changed: within the bounds.
+The ranges were computed on an Intel Xeon. An AMD EPYC exports the same weights to a file with
+other bytes (so the ranges are tied to the export's graph, not its bytes, see
+:func:`engine.runtimes.onnx_export.graph_digest`); there ``triage calibrate deep-ct-net --recheck``
+gave AUC int8 0.7506, max |Δprob| 0.0858, mean 0.0117, 4 decisions changed: within the bounds.
+Two more recipes for deep-cxr-net, tried on val on that EPYC, failed too: the 99.9999th percentile
+(max |Δprob| 0.4819) and the 16x16 stage (dense block 3, transition 3) in fp32 as well (0.2842, the
+same radiographs as before: confident COVID cases scored lower); min-max ranges broke it (AUC 0.50).
 """
 
 from __future__ import annotations

@@ -59,8 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _list_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive, default=50, help="at most this many rows (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
 
 
 def _ids_or_all_failed(p: argparse.ArgumentParser, kind: str) -> None:

@@ -9,8 +9,8 @@ From the fp32 export (:func:`engine.runtimes.onnx_export.cached_onnx`) and that 
 images, :func:`cached_int8` makes the int8 model and caches it beside the fp32 export as
 ``NAME-<export sha256[:16]>-<ranges sha256[:16]>-int8.onnx``. The ranges hold for the weights they
 were computed from (their sha256) and for the export's graph (:func:`graph_digest`: operators and
-tensor names, not the exporter's folded values, whose last bits differ between CPUs), so an export
-made on another machine from the same weights keeps them.
+tensor names, not the file's bytes, which differ between machines), so an export made on another
+machine from the same weights keeps them.
 
 The recipe (:data:`CALIBRATION`; measured on a 2-core AVX-512 VNNI EPYC, two parallel
 single-threaded runs as :class:`engine.runtimes.ort_cpu.OrtBackend` runs them):

@@ -83,12 +83,14 @@ def cached_onnx(loaded: Any, weights_directory: Path, *, grey: bool = True) -> P
 def graph_digest(path: Path) -> str:
     """sha256 of an ONNX model's graph with the values of its initializers left out.
 
-    Why not the file's hash: the exporter folds each BatchNormalization that follows a convolution
-    into that convolution's weights, and the folded values differ in their last bits between CPUs
-    (the same weights and torch 2.13 gave one export on an Intel Xeon and another on an AMD EPYC).
-    What int8 ranges depend on is the graph (operators, attributes, tensor names, shapes) and the
-    weights it was exported from; the weights are checked by their own hash. Initializer names,
-    types and shapes stay in the digest, Constant nodes' values too.
+    Why not the file's hash: the export is not byte-for-byte the same on every machine. From the
+    same weights and torch 2.13, an AMD EPYC wrote a file whose hash differs from the one an Intel
+    Xeon wrote (on one machine it is the same run after run). The exporter computes a third of the
+    initializers itself (each BatchNormalization that follows a convolution is folded into it), so
+    float rounding there is the likely cause. What int8 ranges depend on is the graph (operators,
+    attributes, tensor names, shapes) and the weights it was exported from; the weights are checked
+    by their own hash. Initializer names, types and shapes stay in the digest, Constant nodes' values
+    too.
     """
     import hashlib
 
