@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Export, ExportState, Job, JobState, OutboxMessage, Result, Study, utcnow
@@ -99,12 +99,13 @@ def retry_exports(sessions: sessionmaker[Session], ids: Sequence[int] | None = N
         rows = _failed_rows(session, select(Export, Result.job_id).join(Result, Result.id == Export.result_id),
                             Export, ExportState.failed, ids, "an export still retrying has its next attempt queued "
                                                              "already")
-        now = utcnow()
+        requeued = []
         for export, job_id in rows:
-            export.state, export.attempts, export.next_attempt_at = ExportState.pending, 0, None
-            export.updated_at = now
-            session.add(OutboxMessage(topic=EXPORT_TOPIC, job_id=job_id, payload={"export_id": export.id}))
-        return [export.id for export, _ in rows]
+            if _claim(session, Export, export.id, ExportState.failed,
+                      {"state": ExportState.pending, "attempts": 0, "next_attempt_at": None}):
+                session.add(OutboxMessage(topic=EXPORT_TOPIC, job_id=job_id, payload={"export_id": export.id}))
+                requeued.append(export.id)
+        return requeued
 
 
 def retry_jobs(sessions: sessionmaker[Session], ids: Sequence[int] | None = None) -> list[int]:
@@ -123,12 +124,13 @@ def retry_jobs(sessions: sessionmaker[Session], ids: Sequence[int] | None = None
     with sessions() as session, session.begin():
         rows = _failed_rows(session, select(Job, Study.study_uid).join(Study, Study.id == Job.study_id), Job,
                             JobState.failed, ids, "only a failed analysis waits for an operator")
-        now = utcnow()
+        requeued = []
         for job, study_uid in rows:
-            job.state, job.updated_at = JobState.pending, now
-            session.add(OutboxMessage(topic=ANALYSE_TOPIC, job_id=job.id,
-                                      payload={"study_uid": study_uid, "job_id": job.id}))
-        return [job.id for job, _ in rows]
+            if _claim(session, Job, job.id, JobState.failed, {"state": JobState.pending}):
+                session.add(OutboxMessage(topic=ANALYSE_TOPIC, job_id=job.id,
+                                          payload={"study_uid": study_uid, "job_id": job.id}))
+                requeued.append(job.id)
+        return requeued
 
 
 def resend_study(sessions: sessionmaker[Session], study_uid: str, destinations: Sequence[str]) -> list[int]:
@@ -177,6 +179,14 @@ def resend_study(sessions: sessionmaker[Session], study_uid: str, destinations: 
             session.add(OutboxMessage(topic=EXPORT_TOPIC, job_id=result.job_id, payload={"export_id": export.id}))
             created.append(export.id)
         return created
+
+
+def _claim(session: Session, table: Any, row_id: int, failed: Any, values: dict[str, Any]) -> bool:
+    """Move one row out of ``failed``, guarded by its state: of two operators re-queuing it at once,
+    one gets it (the other's UPDATE waits for the first commit, then matches nothing)."""
+    changed = session.execute(update(table).where(table.id == row_id, table.state == failed)
+                              .values(**values, updated_at=utcnow()).execution_options(synchronize_session=False))
+    return changed.rowcount == 1  # type: ignore[attr-defined]
 
 
 def _failed_rows(session: Session, query: Any, table: Any, failed: Any, ids: Sequence[int] | None,

@@ -173,3 +173,37 @@ def test_the_commands_list_and_requeue_and_say_what_is_wrong(tmp_path: Path) -> 
     assert res.returncode == 2 and "AE@host:port" in res.stderr
     res = _triage("export", "send", STUDY_UID, "--to", "NEW@127.0.0.1:104", data_dir=data)
     assert res.returncode == 0 and "NEW@127.0.0.1:104" in res.stdout
+
+
+def test_two_operators_retrying_at_once_requeue_an_export_once(postgres_url: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: both read the export as failed before either writes (SQLite's BEGIN IMMEDIATE
+    serialises them before the read); the guarded UPDATE lets one of them have it."""
+    import threading
+
+    import workers.requeue as requeue
+    from db.migrate import upgrade
+    from db.session import make_engine, make_sessionmaker
+
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    (export_id,) = _study(sessions, tmp_path, exports=(ExportState.failed,))["exports"]  # type: ignore[misc]
+    both_read = threading.Barrier(2, timeout=20)
+    original = requeue._failed_rows
+
+    def read_then_wait(*args: object, **kwargs: object) -> list:
+        rows = original(*args, **kwargs)  # type: ignore[arg-type]
+        both_read.wait()
+        return rows
+
+    monkeypatch.setattr(requeue, "_failed_rows", read_then_wait)
+    results: list[list[int]] = []
+    threads = [threading.Thread(target=lambda: results.append(retry_exports(sessions, None))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    engine.dispose()
+    assert sorted(results) == [[], [export_id]]
+    assert _outbox(make_sessionmaker(make_engine(postgres_url))) == [(EXPORT_TOPIC, {"export_id": export_id})]
