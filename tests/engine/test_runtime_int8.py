@@ -153,9 +153,8 @@ def test_ranges_of_another_graph_or_other_weights_are_refused_and_fp32_runs(tiny
 def test_an_export_whose_folded_values_differ_in_the_last_bits_keeps_its_ranges(tiny_dir: Path,
                                                                                 ct_images: list[Path],
                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """What another CPU's export of the same weights looks like: the exporter's folded
-    convolution-BatchNormalization weights one ulp apart (an Intel Xeon and an AMD EPYC gave exports
-    with different bytes from one weights file and torch)."""
+    """A stand-in for another machine's export of the same weights (an AMD EPYC's had other bytes than
+    an Intel Xeon's, from one weights file and torch): the same graph, its 4-D initializers one ulp apart."""
     monkeypatch.delenv("TRIAGE_CPU_PRECISION", raising=False)
     _calibrated(tiny_dir, ct_images)
     loaded = load_weights("deep-ct-net", tiny_dir)
