@@ -112,7 +112,11 @@ def calibrate_model(name: str, weights_directory: Path | None = None, *, max_ima
         train = [train[int(i)] for i in np.linspace(0, len(train) - 1, max_images)]
     log(f"{name}: {CALIBRATION['method']} ranges of {fp32.name} over {len(train)} train images at {size}px")
     ranges = compute_ranges(fp32, _grey(train, size))
-    check = _val_check(loaded, dataset, size, fp32, ranges, log)
+    int8 = fp32.with_name(f".{name}-calibrating.{os.getpid()}.onnx")
+    try:
+        check = _val_check(loaded, dataset, size, fp32, build_int8(fp32, ranges, int8), log)
+    finally:
+        int8.unlink(missing_ok=True)
     if not check["passed"]:
         log(f"{ranges_path(name, wdir)} not written: int8 stays off for {name}")
         return False
@@ -149,14 +153,14 @@ def recheck_model(name: str, weights_directory: Path | None = None, *, log: Call
         f"|prob int8 - fp32| max {recorded['max_prob_change']:.4f}, mean {recorded['mean_prob_change']:.4f}; "
         f"{recorded['flips']} decisions change")
     dataset = "cxr" if name == "deep-cxr-net" else "ct"
-    check = _val_check(loaded, dataset, int(loaded.config.get("image_size", 256)), cached_onnx(loaded, wdir), None,
-                       log, int8=int8)
+    check = _val_check(loaded, dataset, int(loaded.config.get("image_size", 256)), cached_onnx(loaded, wdir), int8,
+                       log)
     return bool(check["passed"])
 
 
-def _val_check(loaded: Any, dataset: str, size: int, fp32: Path, ranges: dict[str, list[float]] | None,
-               log: Callable[[str], None], int8: Path | None = None) -> dict[str, Any]:
-    """Score val with fp32 and with int8 (built from ``ranges``, or the given ``int8`` model) and judge them."""
+def _val_check(loaded: Any, dataset: str, size: int, fp32: Path, int8: Path,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """Score val with the fp32 and the int8 model and judge them against :data:`BOUNDS`."""
     from engine.predictor import Predictor
     from engine.runtimes.ort_cpu import OrtBackend
 
@@ -164,14 +168,7 @@ def _val_check(loaded: Any, dataset: str, size: int, fp32: Path, ranges: dict[st
     val = D.load_split(dataset, "val", "covid")  # type: ignore[arg-type]
     x = np.stack(list(_grey(val, size)))
     y = np.array([s.label for s in val], dtype=np.int64)
-    built = fp32.with_name(f".{loaded.name}-calibrating.{os.getpid()}.onnx")
-    try:
-        if int8 is None:
-            assert ranges is not None
-            int8 = build_int8(fp32, ranges, built)
-        p32, p8 = (Predictor(dataset, loaded, OrtBackend(path)).predict(x) for path in (fp32, int8))
-    finally:
-        built.unlink(missing_ok=True)
+    p32, p8 = (Predictor(dataset, loaded, OrtBackend(path)).predict(x) for path in (fp32, int8))
     check = accuracy_check(y, p32, p8, threshold)
     log(f"{loaded.name} on val ({check['images']} images): AUC fp32 {check['auc_fp32']:.4f}, int8 "
         f"{check['auc_int8']:.4f}; |prob int8 - fp32| max {check['max_prob_change']:.4f}, mean "

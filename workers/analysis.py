@@ -21,12 +21,9 @@ import pydicom
 from sqlalchemy import delete, select, update
 
 from db.models import (
-    Export,
-    ExportState,
     Instance,
     Job,
     JobState,
-    OutboxMessage,
     Result,
     Series,
     Study,
@@ -35,8 +32,8 @@ from db.models import (
 from listener.storage import InstanceStore
 from ops.logs import event
 from workers.aggregate import RULES, decide, key_indices, study_score
-from workers.celery_app import EXPORT_TOPIC
 from workers.context import WorkerContext
+from workers.outbox import queue_export
 from workers.selection import NothingToAnalyse, read_candidates, select_series
 
 log = logging.getLogger("triage.workers.analysis")
@@ -172,13 +169,7 @@ def _record(ctx: WorkerContext, job_id: int, study_id: int, series_uid: str, mod
         session.add(result)
         session.flush()
         for destination in ctx.settings.destinations:
-            export = Export(result_id=result.id, destination=destination,
-                            objects={"files": [o["path"] for o in outputs],
-                                     "sop_instance_uids": [o["sop_instance_uid"] for o in outputs]},
-                            state=ExportState.pending)
-            session.add(export)
-            session.flush()
-            session.add(OutboxMessage(topic=EXPORT_TOPIC, job_id=job_id, payload={"export_id": export.id}))
+            queue_export(session, result, destination)
         session.execute(update(Job).where(Job.id == job_id).values(state=JobState.done, error=None,
                                                                   updated_at=utcnow()))
         return result.id

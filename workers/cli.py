@@ -21,46 +21,44 @@ _PUBLISHED = "the running node's dispatcher publishes them (triage serve, or the
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``export`` and ``jobs`` to the ``triage`` CLI."""
-    export = subparsers.add_parser(
-        "export", help="results delivery to the PACS: list exports, re-queue failed ones, send a study again",
+    export = _list_and_retry(
+        subparsers, "export", _EXPORT_STATES, _export_list, _export_retry,
+        summary="results delivery to the PACS: list exports, re-queue failed ones, send a study again",
         description="Exports are the C-STOREs of result objects (SR, SC) to each TRIAGE_DESTINATIONS entry. One "
                     "that still fails after TRIAGE_EXPORT_MAX_ATTEMPTS is marked failed and waits for you: fix "
-                    f"the destination, then 'triage export retry'. Re-queued work is written to the database; {_PUBLISHED}.")
-    export_sub = export.add_subparsers(dest="export_command", metavar="ACTION")
-    export_sub.required = True
-    p = export_sub.add_parser("list", help="exports, most recently changed first")
-    p.add_argument("--state", choices=_EXPORT_STATES)
-    _list_options(p)
-    p.set_defaults(func=_export_list)
-    p = export_sub.add_parser("retry", help="re-queue failed exports with a fresh retry budget")
-    _ids_or_all_failed(p, "export")
-    p.set_defaults(func=_export_retry)
-    p = export_sub.add_parser("send", help="send a study's latest result objects again (to a PACS that lost them, "
-                                           "or a new destination)")
+                    "the destination, then 'triage export retry' (a fresh retry budget).")
+    p = export.add_parser("send", help="send a study's latest result objects again (to a PACS that lost them, "
+                                       "or a new destination)")
     p.add_argument("study_uid", help="Study Instance UID")
     p.add_argument("--to", action="append", default=None, metavar="AE@HOST:PORT",
                    help="destination (repeatable; default: TRIAGE_DESTINATIONS)")
     p.set_defaults(func=_export_send)
-
-    jobs = subparsers.add_parser(
-        "jobs", help="analysis jobs: list them, re-queue failed ones",
+    _list_and_retry(
+        subparsers, "job", _JOB_STATES, _jobs_list, _jobs_retry,
+        summary="analysis jobs: list them, re-queue failed ones",
         description="One job per completed study. A job whose analysis raised (a bad weights file, a bug) is marked "
-                    "failed with the error and not retried on its own: fix the cause, then 'triage jobs retry'. "
-                    f"Re-queued work is written to the database; {_PUBLISHED}.")
-    jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
-    jobs_sub.required = True
-    p = jobs_sub.add_parser("list", help="jobs, most recently changed first")
-    p.add_argument("--state", choices=_JOB_STATES)
-    _list_options(p)
-    p.set_defaults(func=_jobs_list)
-    p = jobs_sub.add_parser("retry", help="re-queue failed analysis jobs")
-    _ids_or_all_failed(p, "job")
-    p.set_defaults(func=_jobs_retry)
+                    "failed with the error and not retried on its own: fix the cause, then 'triage jobs retry'.")
 
 
-def _list_options(p: argparse.ArgumentParser) -> None:
+def _list_and_retry(subparsers: argparse._SubParsersAction, kind: str, states: Sequence[str],  # type: ignore[type-arg]
+                    list_func: Any, retry_func: Any, *, summary: str, description: str) -> Any:
+    """``triage <kind> list`` and ``triage <kind> retry``; returns the actions' subparsers for more."""
+    command = "export" if kind == "export" else f"{kind}s"
+    parser = subparsers.add_parser(command, help=summary, description=f"{description} Re-queued work is written to "
+                                                                   f"the database; {_PUBLISHED}.")
+    actions = parser.add_subparsers(dest=f"{command}_command", metavar="ACTION")
+    actions.required = True
+    p = actions.add_parser("list", help=f"{kind}s, most recently changed first")
+    p.add_argument("--state", choices=states)
     p.add_argument("--limit", type=_positive, default=50, help="at most this many rows (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=list_func)
+    p = actions.add_parser("retry", help=f"re-queue failed {kind}s")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("ids", nargs="*", type=int, default=[], metavar=f"{kind.upper()}_ID")
+    group.add_argument("--failed", action="store_true", help=f"every failed {kind}")
+    p.set_defaults(func=retry_func)
+    return actions
 
 
 def _positive(value: str) -> int:
@@ -68,12 +66,6 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return number
-
-
-def _ids_or_all_failed(p: argparse.ArgumentParser, kind: str) -> None:
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("ids", nargs="*", type=int, default=[], metavar=f"{kind.upper()}_ID")
-    group.add_argument("--failed", action="store_true", help=f"every failed {kind}")
 
 
 def _sessions(args: argparse.Namespace) -> Any:

@@ -147,7 +147,7 @@ def resend_study(sessions: sessionmaker[Session], study_uid: str, destinations: 
     """
     from pathlib import Path
 
-    from workers.celery_app import EXPORT_TOPIC
+    from workers.outbox import queue_export
 
     if not destinations:
         raise RequeueRefused("no destination: pass --to AE@host:port or set TRIAGE_DESTINATIONS")
@@ -169,15 +169,7 @@ def resend_study(sessions: sessionmaker[Session], study_uid: str, destinations: 
             Export.state.in_([ExportState.pending, ExportState.retrying]))).all()
         if busy:
             raise RequeueRefused(f"an export of this result to {busy[0]} is still under way ('triage export list')")
-        created = []
-        for destination in dict.fromkeys(destinations):
-            export = Export(result_id=result.id, destination=destination, state=ExportState.pending,
-                            objects={"files": files, "sop_instance_uids": [o["sop_instance_uid"]
-                                                                           for o in result.outputs]})
-            session.add(export)
-            session.flush()
-            session.add(OutboxMessage(topic=EXPORT_TOPIC, job_id=result.job_id, payload={"export_id": export.id}))
-            created.append(export.id)
+        created = [queue_export(session, result, destination) for destination in dict.fromkeys(destinations)]
         return created
 
 
