@@ -28,6 +28,9 @@ idle association's threads wake 50 times a second instead of a thousand.
 One behaviour is added: a connection closed before it asked for an association (a port probe, a
 load balancer's health check) releases its thread at once instead of after ``acse_timeout``, during
 which it counted against the association limit.
+
+The request handler also gives each association :class:`listener.store_response.PackingDIMSEProvider`,
+which sends plain C-STORE responses from packed bytes instead of pydicom data sets.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from typing import Any, cast
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from listener.store_response import PackingDIMSEProvider
 
 __all__ = ["IDLE_WAKE_SECONDS", "EventDrivenRequestHandler", "IntoBufferSocket", "WakingAssociation", "WakingDUL"]
 
@@ -229,12 +234,14 @@ class EventDrivenRequestHandler(RequestHandler):
     """pynetdicom's request handler, making each accepted association a :class:`WakingAssociation`.
 
     The association is built by pynetdicom (contexts, AE titles, handlers bound, socket set) and only
-    then given the waking behaviour and the one-buffer reads, before any of its threads start.
+    then given the waking behaviour, the one-buffer reads and the packed C-STORE responses, before any
+    of its threads start.
     """
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         assoc.dul.socket.__class__ = IntoBufferSocket
+        assoc.dimse.__class__ = PackingDIMSEProvider
         assoc.__class__ = WakingAssociation
         cast(WakingAssociation, assoc)._adopt()
         return assoc

@@ -36,14 +36,16 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.filereader import read_dataset
 from pydicom.pixels import get_decoder
-from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
@@ -113,16 +115,20 @@ def storage_contexts() -> list[PresentationContext]:
     return contexts
 
 
-def read_instance_meta(encoded: bytes, transfer_syntax: str) -> InstanceMeta:
-    """Parse the received file far enough to know what it is and check its UIDs.
+def read_instance_meta(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceMeta:
+    """Parse a received data set (no file meta: the network carries none) far enough to know what it
+    is and check its UIDs.
 
     The whole element structure is parsed (large values are skipped by seeking), so a truncated or
-    garbled dataset is refused here instead of being acknowledged and failing later.
+    garbled data set is refused here instead of being acknowledged and failing later. A deflated data
+    set is inflated first, so its element lengths are checked like any other.
     """
+    syntax = UID(transfer_syntax)
     try:
-        ds = pydicom.dcmread(io.BytesIO(encoded), defer_size=4096)
-        if transfer_syntax != DeflatedExplicitVRLittleEndian:  # offsets of a deflated set are inflated ones
-            _check_value_lengths(ds, len(encoded))
+        if syntax == DeflatedExplicitVRLittleEndian:
+            dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
+        ds = read_dataset(io.BytesIO(dataset), syntax.is_implicit_VR, syntax.is_little_endian, defer_size=4096)
+        _check_value_lengths(ds, len(dataset))
         values = {tag: ds.get(tag) for tag in _META_TAGS}
     except CorruptDataset:
         raise
@@ -143,17 +149,16 @@ def read_instance_meta(encoded: bytes, transfer_syntax: str) -> InstanceMeta:
     )
 
 
-def _check_value_lengths(ds: pydicom.Dataset, file_size: int) -> None:
-    """Deferred (large) values are skipped by seeking, which never fails: check they fit the file."""
-    for tag in ds.keys():
-        raw = ds.get_item(tag, keep_deferred=True)
+def _check_value_lengths(ds: pydicom.Dataset, size: int) -> None:
+    """Deferred (large) values are skipped by seeking, which never fails: check they fit the data set."""
+    for raw in ds._dict.values():  # the raw elements as read: a public get_item per tag costs twice as much
         tell = getattr(raw, "value_tell", None)
         length = getattr(raw, "length", None)
         if tell is None or length is None or length == 0xFFFFFFFF:
             continue
-        if tell + length > file_size:
+        if tell + length > size:
             raise CorruptDataset(
-                f"element {tag} declares {length} bytes but the data set ends {file_size - tell} bytes after it starts"
+                f"element {raw.tag} declares {length} bytes but the data set ends {size - tell} bytes after it starts"
             )
 
 
@@ -327,16 +332,18 @@ class Listener:
         transfer_syntax = str(event_.context.transfer_syntax)
         # what event_.encoded_dataset(include_meta=True) returns, without building a pydicom data set
         meta = file_meta_bytes(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, transfer_syntax)
-        return self._store(meta + request.DataSet.getvalue(), request, transfer_syntax, calling_ae, started)
+        return self._store(meta, request.DataSet.getvalue(), request, transfer_syntax, calling_ae, started)
 
-    def _store(self, encoded: bytes, request: Any, transfer_syntax: str, calling_ae: str,
+    def _store(self, file_meta: bytes, dataset: bytes, request: Any, transfer_syntax: str, calling_ae: str,
                started: float) -> int:
         # The bytes go to a temporary file (write, fsync) in an I/O thread while this thread checks
         # them and writes the row; the file is renamed into place only if they pass, and the row is
         # committed only after that. Whatever happens, nothing is left under tmp/ once this returns.
+        encoded = file_meta + dataset
         writing = self._placer().submit(self.store.write_temp, encoded)
         try:
-            return self._check_and_record(encoded, writing, request, transfer_syntax, calling_ae, started)
+            return self._check_and_record(dataset, len(encoded), writing, request, transfer_syntax, calling_ae,
+                                          started)
         finally:
             try:
                 tmp = writing.result()
@@ -345,11 +352,11 @@ class Listener:
             else:
                 self.store.discard(tmp)  # a no-op once it was renamed into place
 
-    def _check_and_record(self, encoded: bytes, writing: Future[Path], request: Any, transfer_syntax: str,
-                          calling_ae: str, started: float) -> int:
+    def _check_and_record(self, dataset: bytes, size: int, writing: Future[Path], request: Any,
+                          transfer_syntax: str, calling_ae: str, started: float) -> int:
         try:
             sop_uid = check_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
-            meta = read_instance_meta(encoded, transfer_syntax)
+            meta = read_instance_meta(dataset, transfer_syntax)
         except InvalidUID as exc:
             return self._refuse(statuses.INVALID_UID, str(exc), calling_ae)
         except KeyError as exc:
@@ -360,7 +367,6 @@ class Listener:
             return self._refuse(statuses.DATASET_MISMATCH,
                                 "SOP Class or Instance UID of the data set differ from the request", calling_ae)
         rel = self.store.relative_path(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
-        size = len(encoded)
 
         try:
             with self._sessions() as session:

@@ -1,9 +1,11 @@
 """A mutation fuzzer over the path every received byte takes: parse, decode, preprocess.
 
-Seeds are real files (NY-SBU CT slices, the CR, and re-encoded copies); each input is a seed with a
-few mutations (bit flips, byte runs, truncation, inserted or deleted chunks, rewritten lengths near a
-tag). Every input goes through the listener's parser (:func:`listener.server.read_instance_meta`) and,
-if accepted, the engine's decoder and preprocessing, as a worker would. The only acceptable outcomes
+Seeds are real files (NY-SBU CT slices, the CR, and re-encoded copies); each input is a seed's data
+set with a few mutations (bit flips, byte runs, truncation, inserted or deleted chunks, rewritten
+lengths near a tag). The file meta is left as it is: the network carries only the data set, and the
+listener writes its own file meta in front of it. Every input goes through the listener's parser
+(:func:`listener.server.read_instance_meta`) and, if accepted, is stored behind its seed's file meta
+and goes through the engine's decoder and preprocessing, as a worker would. The only acceptable outcomes
 are a result or one of the documented refusals; anything else is a finding. Each input runs under a
 time limit, and the process's peak memory is reported.
 """
@@ -39,6 +41,22 @@ class FuzzReport:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Seed:
+    """A real file split the way the listener sees it: its file meta apart, the data set as received."""
+
+    file_meta: bytes  # preamble, "DICM" and the file meta group
+    transfer_syntax: str
+    dataset: bytes
+
+    @classmethod
+    def read(cls, path: Path) -> Seed:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        start = 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)  # preamble, DICM, the length element
+        data = path.read_bytes()
+        return cls(data[:start], str(meta.TransferSyntaxUID), data[start:])
+
+
 def _mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     buf = bytearray(data)
     steps = []
@@ -46,7 +64,7 @@ def _mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
         op = rng.choice(("flip", "run", "truncate", "insert", "delete", "length"))
         # most mutations hit the header region, where the parser's decisions are made
         limit = len(buf) if rng.random() < 0.2 else min(len(buf), 6000)
-        pos = rng.randrange(132, max(133, limit))
+        pos = rng.randrange(0, max(1, limit))
         if op == "flip" and pos < len(buf):
             buf[pos] ^= 1 << rng.randrange(8)
         elif op == "run":
@@ -66,21 +84,15 @@ def _mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     return bytes(buf), ",".join(steps)
 
 
-def run_one(data: bytes) -> str:
-    """Parse, decode and preprocess one input; return the outcome name (raises on a finding)."""
+def run_one(seed: Seed, dataset: bytes) -> str:
+    """Parse, decode and preprocess one received data set; return the outcome name (raises on a finding)."""
     from engine.imageio import ImageReadError, dataset_to_gray
     from engine.preprocess import preprocess
     from listener.server import CorruptDataset, read_instance_meta
     from listener.uids import InvalidUID
 
-    transfer_syntax = "1.2.840.10008.1.2.1"
     try:
-        meta = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
-        transfer_syntax = str(meta.file_meta.TransferSyntaxUID)
-    except Exception:
-        pass
-    try:
-        read_instance_meta(data, transfer_syntax)
+        read_instance_meta(dataset, seed.transfer_syntax)
     except InvalidUID:
         return "refused: invalid UID"
     except KeyError:
@@ -88,7 +100,7 @@ def run_one(data: bytes) -> str:
     except CorruptDataset:
         return "refused: cannot understand"
     try:
-        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(seed.file_meta + dataset))
         gray = dataset_to_gray(ds)
         out = preprocess(gray)
     except ImageReadError:
@@ -101,7 +113,7 @@ def run_one(data: bytes) -> str:
 def fuzz(seeds: Sequence[Path], count: int, seed: int = 0, per_input_s: float = 10.0,
          log_every: int = 0) -> FuzzReport:
     rng = random.Random(seed)
-    corpus = [p.read_bytes() for p in seeds]
+    corpus = [Seed.read(p) for p in seeds]
     report = FuzzReport()
     started = time.perf_counter()
 
@@ -113,11 +125,12 @@ def fuzz(seeds: Sequence[Path], count: int, seed: int = 0, per_input_s: float = 
     warnings.simplefilter("ignore")
     try:
         for i in range(count):
-            data, how = _mutate(rng.choice(corpus), rng)
+            chosen = rng.choice(corpus)
+            data, how = _mutate(chosen.dataset, rng)
             t0 = time.perf_counter()
             signal.setitimer(signal.ITIMER_REAL, per_input_s)
             try:
-                outcome = run_one(data)
+                outcome = run_one(chosen, data)
             except _Timeout:
                 outcome = "finding: hang"
                 report.findings.append((how, f"no answer within {per_input_s} s"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,22 +14,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import Instance
 from listener import statuses
 from ops.bench.series import build_ct_series
+from tests.mounts import mounted
 from tests.pynetdicom_scu import send_files
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MB tmpfs as the storage root (root only; skipped elsewhere)."""
-    mount_point = tmp_path / "storage"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+    with mounted("tmpfs", tmp_path / "storage", "size=3m") as mount_point:
+        yield mount_point
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
