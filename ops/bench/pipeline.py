@@ -87,7 +87,7 @@ def run_pipeline_benchmark(slices: int = 100, shared_data: str | None = None, qu
     if len(sections) == 2:
         for (name, cold, *_), (_, warm_, *_) in zip(sections[0][1], sections[1][1], strict=True):
             print(f"{name}: preloaded {warm_:.2f} s vs loaded at first use {cold:.2f} s ({cold / warm_:.2f}x)")
-    print("other = queueing, broker polling (the embedded SQLite broker polls once a second), worker hand-offs, "
+    print("other = queueing, broker polling (the embedded broker every TRIAGE_BROKER_POLL_SECONDS), worker hand-offs, "
           "and loading a model where it was not loaded yet")
     return 0
 
