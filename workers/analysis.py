@@ -93,6 +93,7 @@ def analyse_job(ctx: WorkerContext, job_id: int) -> Outcome:
 
     model = ctx.model(selection.kind)
     with timer.stage("decode"):
+        store.prefetch(candidate.path for candidate in selection.instances)
         datasets: list[pydicom.Dataset] = []
         images = []
         skipped_slices: dict[str, str] = {}

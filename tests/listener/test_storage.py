@@ -72,3 +72,11 @@ def test_a_file_system_refusing_direct_io_is_written_through_the_page_cache(
     refusals = [r for r in caplog.records if "storage.direct_io.refused" in r.getMessage()]
     assert len(refusals) == 1
     assert not any(store.tmp_dir.iterdir())
+
+
+def test_prefetch_skips_files_that_are_gone(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store")
+    rel = Path("1.2.3") / "1.2.3.4" / "1.2.3.4.5.dcm"
+    store.write(b"DICM" * 1000, rel)
+    store.prefetch([store.root / rel, store.root / "1.2.3" / "1.2.3.4" / "gone.dcm", store.root])
+    assert (store.root / rel).read_bytes() == b"DICM" * 1000
