@@ -5,12 +5,14 @@ appears only once the whole file is on disk: a crash leaves at most a temporary 
 :meth:`InstanceStore.clean_tmp` removes at the next start.
 
 Temporary files are written with ``O_DIRECT`` where the file system takes it: the bytes go from one
-aligned buffer per thread to the disk, not through the page cache. Copying a 0.5 MB CT slice into
-the page cache and writing it back at fsync cost 1.4 ms of CPU on the development VM (ext4), the
-largest single cost of a C-STORE; written directly and fsynced it took 0.2 ms of CPU and a third of
-the wall time (measured in ``triage bench ingest``'s durability line). The fsync still follows: it
-commits the file's size and blocks and flushes the disk's cache. A file system that refuses
-``O_DIRECT`` (EINVAL) is written through the page cache instead, decided once per store.
+aligned buffer per thread to the disk, not through the page cache. On the development VM (ext4, 300
+new 0.5 MB CT files each way) a write and fsync through the page cache took 1.8 ms of wall time and
+1.5 ms of CPU, the largest single cost of a C-STORE; written directly and fsynced, 0.55 ms and
+0.23 ms (``triage bench ingest`` prints the direct write beside storescp's plain one). The fsync
+still follows: it commits the file's size and blocks and flushes the disk's cache. A file system
+that refuses ``O_DIRECT`` (EINVAL) is written through the page cache instead, decided once per
+store. Workers read the files back through the cache: :meth:`InstanceStore.prefetch` has the kernel
+start those reads for a whole series at once.
 """
 
 from __future__ import annotations
