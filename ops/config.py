@@ -206,6 +206,13 @@ class Settings(BaseSettings):
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
 
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, value: Path) -> Path:
+        # Made absolute once, against the folder the process starts in: the paths the node records
+        # (result files) must mean the same to an operator's command run from another folder.
+        return value.expanduser().absolute()
+
     @field_validator("ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:

@@ -28,6 +28,18 @@ def test_embedded_defaults_need_no_services(tmp_path: Path, monkeypatch: pytest.
     assert settings.port == 11112
 
 
+def test_a_relative_data_dir_is_taken_from_the_folder_the_node_starts_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRIAGE_DATA_DIR", "node/data")
+    settings = load_settings()
+    monkeypatch.chdir("/")  # an operator's command elsewhere reads the paths the node recorded
+    assert settings.data_dir == tmp_path / "node" / "data"
+    assert settings.results_dir == tmp_path / "node" / "data" / "results"
+    assert settings.storage_dir.is_absolute()
+
+
 def test_environment_lists_and_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRIAGE_ALLOWED_AES", "CT_SCANNER, PACS1")
     monkeypatch.setenv("TRIAGE_QUIET_SECONDS", "2.5")
