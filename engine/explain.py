@@ -8,10 +8,19 @@ Every map is a float32 array in [0, 1] with the shape of the greyscale input ima
 * :func:`attention_map`: CT-Net's soft masks M(x) (channel mean), no gradients needed.
 * :func:`occlusion_map`: drop of the COVID probability when an N x N patch (in network-input
   pixels) is set to the image mean, stride S; model-agnostic and slow (one forward per position).
+
+Grad-CAM and the attention maps read what a forward pass leaves on the shared network (hooks on
+its layer, the soft masks its modules keep, the gradients of its parameters), so each holds that
+network's lock for its pass: the GPU worker's threads explain several studies at once with one
+model, and without the lock two passes crossed (a map computed from another study's slice) or
+crashed the process (a segmentation fault in concurrent backward passes, reproduced by
+``tests/engine/test_explain.py``).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +34,7 @@ __all__ = [
     "explain_image",
     "grad_cam",
     "grad_cam_plus_plus",
+    "model_lock",
     "occlusion_map",
     "overlay",
 ]
@@ -43,6 +53,20 @@ def _to_image_shape(cam: NDArray, shape: tuple[int, ...]) -> NDArray[np.float32]
     return np.clip(out, 0.0, 1.0)
 
 
+_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.Lock:
+    """The lock of one network: passes that read its hooks or module state run one at a time (held by
+    the explanations here and by an eager runtime that runs this same module)."""
+    with _locks_guard:
+        lock = _locks.get(model)
+        if lock is None:
+            lock = _locks[model] = threading.Lock()
+        return lock
+
+
 def _input_tensor(predictor: Any, gray: NDArray) -> Any:
     import torch
 
@@ -56,23 +80,28 @@ def _cam(predictor: Any, gray: NDArray, plusplus: bool) -> NDArray[np.float32]:
     layer = model.explain_layer
     store: dict[str, torch.Tensor] = {}
 
+    explaining = threading.get_ident()
+
     def fwd_hook(_m: Any, _i: Any, out: torch.Tensor) -> None:
+        if threading.get_ident() != explaining:  # another thread's forward through this module
+            return
         store["a"] = out
         out.register_hook(lambda g: store.__setitem__("g", g))
 
-    handle = layer.register_forward_hook(fwd_hook)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            x = _input_tensor(predictor, gray).to(next(model.parameters()).device,
-                                                  next(model.parameters()).dtype).requires_grad_(True)
-            logit = model(x)[0, 0]
-            model.zero_grad(set_to_none=True)
-            logit.backward()
-    finally:
-        handle.remove()
-        model.train(was_training)
+    x = _input_tensor(predictor, gray)
+    with model_lock(model):
+        handle = layer.register_forward_hook(fwd_hook)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                x = x.to(next(model.parameters()).device, next(model.parameters()).dtype).requires_grad_(True)
+                logit = model(x)[0, 0]
+                model.zero_grad(set_to_none=True)
+                logit.backward()
+        finally:
+            handle.remove()
+            model.train(was_training)
     a = store["a"].detach().float()[0]
     g = store["g"].detach().float()[0]
     if plusplus:
@@ -111,15 +140,15 @@ def attention_map(predictor: Any, gray: NDArray, stage: int | None = None) -> ND
     if not modules:
         raise ValueError(f"{predictor.model_name} has no soft-mask attention; use gradcam, gradcam++ or occlusion "
                          "(or --network ct-net)")
-    model.eval()
-    with torch.no_grad():
-        x = _input_tensor(predictor, gray).to(next(model.parameters()).dtype)
+    x = _input_tensor(predictor, gray).to(next(model.parameters()).dtype)
+    with model_lock(model), torch.no_grad():
+        model.eval()
         model(x)
-    chosen = modules if stage is None else [modules[stage - 1]]
+        masks = [m.last_mask[0].float().mean(0, keepdim=True)[None] for m in modules]
+    chosen = masks if stage is None else [masks[stage - 1]]
     size = predictor.input_size
     maps = []
-    for m in chosen:
-        mask = m.last_mask[0].float().mean(0, keepdim=True)[None]
+    for mask in chosen:
         mask = torch.nn.functional.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False)[0, 0]
         mask = mask - mask.min()
         maps.append((mask / mask.max().clamp_min(1e-12)).cpu().numpy())

@@ -4,6 +4,7 @@ other runtime loads."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -30,6 +31,11 @@ class EagerBackend:
         self._torch = torch
         if device != "cpu" or precision != "fp32":  # leave the caller's fp32 CPU module (explanations) alone
             model = copy.deepcopy(model)
+            self._shared: Any = contextlib.nullcontext()
+        else:  # the explanations' module itself: a forward here would cross one of theirs in another thread
+            from engine.explain import model_lock
+
+            self._shared = model_lock(model)
         self._model = model.eval().to(device)
         if precision == "fp16":
             self._model = self._model.half()
@@ -39,7 +45,7 @@ class EagerBackend:
 
     def logits(self, batch: Any) -> NDArray[np.float32]:
         torch = self._torch
-        with torch.inference_mode():
+        with self._shared, torch.inference_mode():
             x = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch))
             x = x.to(self._device, self._dtype)
             if x.shape[1] == 1:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from engine.explain import METHODS, attention_map, explain_image, occlusion_map, overlay
 from engine.imageio import read_image
@@ -53,3 +54,32 @@ def test_overlay_blends_colour_over_grey() -> None:
     hot = rgb[30, 30].astype(int)
     assert hot.max() - hot.min() > 50, "the hot region must be coloured"
     assert np.array_equal(overlay(gray, heat[:32, :32], alpha=0.5).shape, rgb.shape)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "attention"])
+def test_explanations_of_two_studies_at_once_each_belong_to_their_own_image(
+    method: str, tiny_weights: Path, ct_dicom: Path,
+) -> None:
+    """The threads pool (the GPU worker) explains several studies at once with one model: the maps
+    are read through hooks and module state on that model, so each must see its own forward pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = load_predictor("ct", runtime="torch", model_name="ct-net", weights_directory=tiny_weights)
+    real = read_image(ct_dicom)
+    flipped = np.ascontiguousarray(real[::-1, ::-1])
+    expected = [explain_image(p, image, method) for image in (real, flipped)]
+    assert not np.allclose(expected[0], expected[1])
+
+    scores = p.predict_images([real, flipped])
+
+    def explain_or_score(index: int) -> NDArray[np.float32]:
+        # the eager CPU runtime scores through this same module: its forwards run beside the maps'
+        if index % 3 == 2:
+            return p.predict_images([real, flipped])
+        return explain_image(p, (real, flipped)[index % 3], method)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(explain_or_score, range(36)))
+    for index, result in enumerate(results):
+        want = scores if index % 3 == 2 else expected[index % 3]
+        np.testing.assert_allclose(result, want, atol=1e-5, err_msg=f"call {index}")
