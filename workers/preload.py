@@ -39,28 +39,36 @@ _WARM_SIDE = {"ct": 512, "cxr": 2048}
 
 
 def load_models(kinds: Sequence[str] = KINDS) -> dict[str, float]:
-    """Load (and warm) the model of every kind in this process's context; seconds per kind loaded."""
+    """Load (and warm) the model of every kind in this process's context; seconds per kind loaded.
+
+    In the order a first study needs them: the models and one inference each, then the SR and SC
+    builders, then the explanations (the slowest warm-up, and the last stage of a job).
+    """
     import workers.analysis  # noqa: F401 - imported now, not by the first job
     import workers.outputs.sc  # noqa: F401
     import workers.outputs.sr  # noqa: F401
     from workers.context import get_context
 
     loaded: dict[str, float] = {}
+    models: dict[str, Any] = {}
     for kind in kinds:
         started = time.perf_counter()
         try:
-            model = get_context().model(kind)
-            _warm(model, _WARM_SIDE.get(kind, model.input_size))
+            models[kind] = get_context().model(kind)
+            _warm(models[kind])
         except Exception as exc:  # a bad weights file must not stop the worker from serving the other kind
             event(log, "worker.model.preload_failed", logging.ERROR, kind=kind, error=f"{type(exc).__name__}: {exc}",
                   hint="studies of this kind will fail until its weights load: check the files under "
                        "TRIAGE_WEIGHTS_DIR (default engine/weights/) and TRIAGE_RUNTIME")
+            models.pop(kind, None)
             continue
         loaded[kind] = time.perf_counter() - started
         event(log, "worker.model.loaded", kind=kind, seconds=round(loaded[kind], 2))
     started = time.perf_counter()
     try:
         _warm_outputs()
+        for kind, model in models.items():
+            _warm_explanation(model, _WARM_SIDE.get(kind, model.input_size))
     except Exception as exc:  # the first study builds them again and reports its own error
         event(log, "worker.outputs.warm_failed", logging.WARNING, error=f"{type(exc).__name__}: {exc}")
     else:
@@ -68,12 +76,15 @@ def load_models(kinds: Sequence[str] = KINDS) -> dict[str, float]:
     return loaded
 
 
-def _warm(model: Any, side: int) -> None:
-    """One blank image through the predictor (the runtime's first call allocates and plans) and
-    through the explanation the job draws on its key images."""
+def _warm(model: Any) -> None:
+    """One blank image through the predictor: the runtime's first call allocates and plans."""
+    model.predict_images([np.zeros((model.input_size, model.input_size), np.uint8)])
+
+
+def _warm_explanation(model: Any, side: int) -> None:
+    """One blank image through the explanation the job draws on its key images."""
     from workers.inference import overlay
 
-    model.predict_images([np.zeros((model.input_size, model.input_size), np.uint8)])
     overlay(model, np.zeros((side, side), np.uint8))
 
 
