@@ -98,10 +98,18 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
 
 
 @pytest.fixture
-def listener_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
-    """Start in-process listeners on free loopback ports; all are stopped after the test."""
+def listener_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+    """Start in-process listeners on free loopback ports; all are stopped after the test.
+
+    pynetdicom's debug-dump handlers are off, as ``ops.logs.configure`` leaves them in every node
+    process: the listener then answers with its packed C-STORE responses, as the node does.
+    """
+    from pynetdicom import _config as pynetdicom_config
+
     from listener.server import Listener
     from listener.storage import InstanceStore
+
+    monkeypatch.setattr(pynetdicom_config, "LOG_HANDLER_LEVEL", "none")
 
     started: list[Listener] = []
 
