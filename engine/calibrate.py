@@ -105,7 +105,7 @@ def calibrate_model(name: str, weights_directory: Path | None = None, *, max_ima
     wdir = weights_directory or default_weights_dir()
     loaded = load_weights(name, wdir)
     size = int(loaded.config.get("image_size", 256))
-    dataset = "cxr" if name == "deep-cxr-net" else "ct"
+    dataset = D.dataset_of(name)
     fp32 = cached_onnx(loaded, wdir)
     train = D.load_split(dataset, "train", "covid")  # type: ignore[arg-type]
     if max_images is not None and max_images < len(train):  # spread over the split (it is sorted by class)
@@ -152,7 +152,7 @@ def recheck_model(name: str, weights_directory: Path | None = None, *, log: Call
     log(f"{name}: recorded on val: AUC fp32 {recorded['auc_fp32']:.4f}, int8 {recorded['auc_int8']:.4f}; "
         f"|prob int8 - fp32| max {recorded['max_prob_change']:.4f}, mean {recorded['mean_prob_change']:.4f}; "
         f"{recorded['flips']} decisions change")
-    dataset = "cxr" if name == "deep-cxr-net" else "ct"
+    dataset = D.dataset_of(name)
     check = _val_check(loaded, dataset, int(loaded.config.get("image_size", 256)), cached_onnx(loaded, wdir), int8,
                        log)
     return bool(check["passed"])

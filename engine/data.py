@@ -31,6 +31,7 @@ __all__ = [
     "Sample",
     "covid_ct_samples",
     "cxr_samples",
+    "dataset_of",
     "load_split",
     "preprocess_samples",
     "shared_data_dir",
@@ -38,6 +39,12 @@ __all__ = [
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+def dataset_of(model_name: str) -> Literal["ct", "cxr"]:
+    """The data set a model is trained, calibrated and evaluated on: radiographs for Deep-CXR-Net,
+    CT slices for the two CT networks."""
+    return "cxr" if model_name == "deep-cxr-net" else "ct"
 CXR_TASKS: tuple[str, ...] = ("covid", "kermany-pneumonia", "3class")
 _REPO = Path(__file__).resolve().parents[1]
 

@@ -178,7 +178,7 @@ def evaluate_model(name: str, split: str = "val", out: Path | None = None, devic
     wdir = weights_dir or default_weights_dir()
     loaded = load_weights(name, wdir)
     size = int(loaded.config.get("image_size", 256))
-    dataset = "cxr" if name == "deep-cxr-net" else "ct"
+    dataset = D.dataset_of(name)
     samples = D.load_split(dataset, split, "covid")  # type: ignore[arg-type]
     x = D.preprocess_samples(samples, size, progress=True)
     y = np.array([s.label for s in samples], dtype=np.int64)
@@ -224,7 +224,7 @@ def _int8_scores(loaded: Any, wdir: Path, x: np.ndarray) -> np.ndarray:
     from engine.runtimes.int8 import cached_int8
     from engine.runtimes.ort_cpu import OrtBackend
 
-    kind = "cxr" if loaded.name == "deep-cxr-net" else "ct"
+    kind = D.dataset_of(loaded.name)
     backend = OrtBackend(cached_int8(loaded, wdir), precision="int8")
     return Predictor(kind, loaded, backend).predict(np.asarray(x, np.float32)[:, None])
 

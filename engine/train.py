@@ -218,7 +218,7 @@ def train(opts: TrainOptions, log: Callable[[str], None] = print) -> Path:
     if opts.image_size:
         config["image_size"] = opts.image_size
     size = int(config["image_size"])
-    dataset = "cxr" if name == "deep-cxr-net" else "ct"
+    dataset = D.dataset_of(name)
     ckdir = opts.checkpoint_dir / name
     started = datetime.now(UTC)
     t0 = time.monotonic()

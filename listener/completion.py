@@ -22,6 +22,13 @@ log = logging.getLogger("triage.listener.completion")
 ANALYSE_TOPIC = "analyse_study"
 
 
+def analyse_message(job_id: int, study_uid: str, now: datetime | None = None) -> OutboxMessage:
+    """The outbox row that has a job analysed: written with the job by the completion, and again by
+    an operator's re-queue (``triage jobs retry``)."""
+    return OutboxMessage(topic=ANALYSE_TOPIC, job_id=job_id, payload={"study_uid": study_uid, "job_id": job_id},
+                         created_at=now or utcnow())
+
+
 def complete_quiet_studies(
     sessions: sessionmaker[Session],
     *,
@@ -55,14 +62,7 @@ def complete_quiet_studies(
             job = Job(study_id=study_id, state=JobState.pending, created_at=now, updated_at=now)
             session.add(job)
             session.flush()
-            session.add(
-                OutboxMessage(
-                    topic=ANALYSE_TOPIC,
-                    job_id=job.id,
-                    payload={"study_uid": study_uid, "job_id": job.id},
-                    created_at=now,
-                )
-            )
+            session.add(analyse_message(job.id, study_uid, now))
         forced = last_at > quiet_before
         event(log, "listener.study.complete", study_uid=study_uid, instances=count, job_id=job.id,
               forced_by_ceiling=forced)

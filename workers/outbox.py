@@ -12,7 +12,12 @@ from sqlalchemy.orm import Session
 from db.models import Export, ExportState, OutboxMessage, Result
 from workers.celery_app import EXPORT_TOPIC
 
-__all__ = ["queue_export"]
+__all__ = ["export_message", "queue_export"]
+
+
+def export_message(export_id: int, job_id: int | None) -> OutboxMessage:
+    """The outbox row that has an export sent (a new one, or one an operator re-queues)."""
+    return OutboxMessage(topic=EXPORT_TOPIC, job_id=job_id, payload={"export_id": export_id})
 
 
 def queue_export(session: Session, result: Result, destination: str) -> int:
@@ -25,5 +30,5 @@ def queue_export(session: Session, result: Result, destination: str) -> int:
                              "sop_instance_uids": [str(o["sop_instance_uid"]) for o in result.outputs]})
     session.add(export)
     session.flush()
-    session.add(OutboxMessage(topic=EXPORT_TOPIC, job_id=result.job_id, payload={"export_id": export.id}))
+    session.add(export_message(export.id, result.job_id))
     return export.id

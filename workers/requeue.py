@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Export, ExportState, Job, JobState, OutboxMessage, Result, Study, utcnow
+from db.models import Export, ExportState, Job, JobState, Result, Study, utcnow
 
 __all__ = ["ExportRow", "JobRow", "RequeueRefused", "list_exports", "list_jobs", "resend_study", "retry_exports",
            "retry_jobs"]
@@ -93,7 +93,7 @@ def retry_exports(sessions: sessionmaker[Session], ids: Sequence[int] | None = N
     RequeueRefused
         If an id does not exist or its export is not failed; nothing is changed then.
     """
-    from workers.celery_app import EXPORT_TOPIC
+    from workers.outbox import export_message
 
     with sessions() as session, session.begin():
         rows = _failed_rows(session, select(Export, Result.job_id).join(Result, Result.id == Export.result_id),
@@ -103,7 +103,7 @@ def retry_exports(sessions: sessionmaker[Session], ids: Sequence[int] | None = N
         for export, job_id in rows:
             if _claim(session, Export, export.id, ExportState.failed,
                       {"state": ExportState.pending, "attempts": 0, "next_attempt_at": None}):
-                session.add(OutboxMessage(topic=EXPORT_TOPIC, job_id=job_id, payload={"export_id": export.id}))
+                session.add(export_message(export.id, job_id))
                 requeued.append(export.id)
         return requeued
 
@@ -119,7 +119,7 @@ def retry_jobs(sessions: sessionmaker[Session], ids: Sequence[int] | None = None
     RequeueRefused
         If an id does not exist or its job is not failed; nothing is changed then.
     """
-    from listener.completion import ANALYSE_TOPIC
+    from listener.completion import analyse_message
 
     with sessions() as session, session.begin():
         rows = _failed_rows(session, select(Job, Study.study_uid).join(Study, Study.id == Job.study_id), Job,
@@ -127,8 +127,7 @@ def retry_jobs(sessions: sessionmaker[Session], ids: Sequence[int] | None = None
         requeued = []
         for job, study_uid in rows:
             if _claim(session, Job, job.id, JobState.failed, {"state": JobState.pending}):
-                session.add(OutboxMessage(topic=ANALYSE_TOPIC, job_id=job.id,
-                                          payload={"study_uid": study_uid, "job_id": job.id}))
+                session.add(analyse_message(job.id, study_uid))
                 requeued.append(job.id)
         return requeued
 

@@ -80,7 +80,8 @@ def export_result(self: Task, export_id: int) -> str:
         return "done"
     if final:
         event(log, "export.failed", logging.ERROR, export_id=export_id, destination=destination,
-              attempts=attempt_no, error=error, hint="fix the destination, then 'triage export retry EXPORT_ID' (or --failed)")
+              attempts=attempt_no, error=error,
+              hint="fix the destination, then 'triage export retry EXPORT_ID' (or --failed)")
         return "failed"
     event(log, "export.retry", logging.WARNING, export_id=export_id, destination=destination, attempt=attempt_no,
           retry_in_s=delay, error=error)
