@@ -60,6 +60,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import utcnow
 from listener import statuses
 from listener.filemeta import file_meta_bytes
+from listener.identity_scan import IDENTITY_KEYWORDS, scan_identity
 from listener.reactor import EventDrivenRequestHandler
 from listener.records import InstanceMeta, find_instance_path, record_instance
 from listener.storage import InstanceStore
@@ -67,18 +68,6 @@ from listener.uids import InvalidUID, check_uid
 from ops.logs import event
 
 log = logging.getLogger("triage.listener")
-
-# Attributes read from each received file: identity and hierarchy, never patient data.
-_META_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "SeriesNumber",
-    "InstanceNumber",
-]
-
 
 _KNOWN_SERIES_MAX = 4096
 
@@ -115,25 +104,38 @@ def storage_contexts() -> list[PresentationContext]:
     return contexts
 
 
-def read_instance_meta(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceMeta:
+def read_instance_meta(dataset: bytes, transfer_syntax: str) -> InstanceMeta:
     """Parse a received data set (no file meta: the network carries none) far enough to know what it
     is and check its UIDs.
 
-    The whole element structure is parsed (large values are skipped by seeking), so a truncated or
-    garbled data set is refused here instead of being acknowledged and failing later. A deflated data
-    set is inflated first, so its element lengths are checked like any other.
+    The whole element structure is walked (large values are skipped), so a truncated or garbled data
+    set is refused here instead of being acknowledged and failing later. A deflated data set is
+    inflated first, so its element lengths are checked like any other. A plain data set is read by
+    :func:`listener.identity_scan.scan_identity`; anything else by pydicom, which decides.
     """
     syntax = UID(transfer_syntax)
     try:
         if syntax == DeflatedExplicitVRLittleEndian:
             dataset = zlib.decompress(dataset, -zlib.MAX_WBITS)
-        ds = read_dataset(io.BytesIO(dataset), syntax.is_implicit_VR, syntax.is_little_endian, defer_size=4096)
-        _check_value_lengths(ds, len(dataset))
-        values = {tag: ds.get(tag) for tag in _META_TAGS}
+        values = scan_identity(dataset, syntax.is_implicit_VR, syntax.is_little_endian)
+        if values is None:
+            values = pydicom_identity(dataset, syntax)
     except CorruptDataset:
         raise
     except Exception as exc:  # pydicom raises many types on hostile bytes (found by ops/bench/fuzz.py)
         raise CorruptDataset(f"{type(exc).__name__}: {exc}") from exc
+    return instance_meta(values, transfer_syntax)
+
+
+def pydicom_identity(dataset: bytes, syntax: UID) -> dict[str, Any]:
+    """The identifying values as pydicom reads them (raises on a data set it cannot read)."""
+    ds = read_dataset(io.BytesIO(dataset), syntax.is_implicit_VR, syntax.is_little_endian, defer_size=4096)
+    _check_value_lengths(ds, len(dataset))
+    return {name: ds.get(name) for name in IDENTITY_KEYWORDS}
+
+
+def instance_meta(values: dict[str, Any], transfer_syntax: str) -> InstanceMeta:
+    """The row's identity from the values read, every UID checked (raises KeyError or InvalidUID)."""
     for name in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         if values[name] in (None, ""):
             raise KeyError(name)
