@@ -78,8 +78,12 @@ def load_models(kinds: Sequence[str] = KINDS) -> dict[str, float]:
 
 
 def _warm(model: Any) -> None:
-    """One blank image through the predictor: the runtime's first call allocates and plans."""
-    model.predict_images([np.zeros((model.input_size, model.input_size), np.uint8)])
+    """Blank images through the predictor, the runtime's first call of each shape allocating and planning:
+    one image (a radiograph; on the CPU, a batch smaller than the cores has a session of its own) and a
+    full batch (a CT series)."""
+    blank = np.zeros((model.input_size, model.input_size), np.uint8)
+    for count in sorted({1, model.batch_size}):
+        model.predict_images([blank] * count)
 
 
 def _warm_explanation(model: Any, side: int) -> None:
