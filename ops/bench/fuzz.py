@@ -57,7 +57,8 @@ class Seed:
         return cls(data[:start], str(meta.TransferSyntaxUID), data[start:])
 
 
-def _mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+def mutate(data: bytes, rng: random.Random) -> tuple[bytes, str]:
+    """``data`` with one to four random mutations, and what was done (for a finding's report)."""
     buf = bytearray(data)
     steps = []
     for _ in range(rng.randint(1, 4)):
@@ -126,7 +127,7 @@ def fuzz(seeds: Sequence[Path], count: int, seed: int = 0, per_input_s: float = 
     try:
         for i in range(count):
             chosen = rng.choice(corpus)
-            data, how = _mutate(chosen.dataset, rng)
+            data, how = mutate(chosen.dataset, rng)
             t0 = time.perf_counter()
             signal.setitimer(signal.ITIMER_REAL, per_input_s)
             try:

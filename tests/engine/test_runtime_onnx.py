@@ -64,8 +64,8 @@ def test_export_is_cached_by_weights_hash_and_redone_for_new_weights(tiny_weight
     assert cached_onnx(loaded, tiny_weights) != first
 
 
-def test_onnxruntime_runs_one_single_threaded_run_per_core_or_one_run_on_all(tiny_weights: Path, ct_images: list[Path],
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_onnxruntime_splits_the_batch_over_cores_or_each_operator(tiny_weights: Path, ct_images: list[Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = load_weights("ct-net", tiny_weights)
     path = cached_onnx(loaded, tiny_weights)
     info = OrtBackend(path).info

@@ -21,7 +21,7 @@ from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndia
 
 from listener.identity_scan import scan_identity
 from listener.server import CorruptDataset, instance_meta, pydicom_identity, read_instance_meta
-from ops.bench.fuzz import Seed, _mutate, default_seeds
+from ops.bench.fuzz import Seed, mutate, default_seeds
 from tests.badinput.corpus import build_corpus
 
 
@@ -115,7 +115,7 @@ def test_fuzzed_inputs_scan_agrees_or_hands_on(shared_data: Path, tmp_path: Path
     answered = handed_on = 0
     for _ in range(1500):
         seed = rng.choice(seeds)
-        data, how = _mutate(seed.dataset, rng)
+        data, how = mutate(seed.dataset, rng)
         syntax = UID(seed.transfer_syntax)
         scanned = _scan_outcome(data, syntax)
         if scanned is None:
