@@ -39,12 +39,6 @@ __all__ = [
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-def dataset_of(model_name: str) -> Literal["ct", "cxr"]:
-    """The data set a model is trained, calibrated and evaluated on: radiographs for Deep-CXR-Net,
-    CT slices for the two CT networks."""
-    return "cxr" if model_name == "deep-cxr-net" else "ct"
 CXR_TASKS: tuple[str, ...] = ("covid", "kermany-pneumonia", "3class")
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -111,6 +105,12 @@ def cxr_samples(split: Split, task: str = "covid", root: Path | None = None) -> 
                 label = {"normal": 0, "pneumonia": 1, "covid": 2}[label_name]
             out.append(Sample(base / "images" / row["file"], label, source, label_name))
     return out
+
+
+def dataset_of(model_name: str) -> Literal["ct", "cxr"]:
+    """The data set a model is trained, calibrated and evaluated on: radiographs for Deep-CXR-Net,
+    CT slices for the two CT networks."""
+    return "cxr" if model_name == "deep-cxr-net" else "ct"
 
 
 def load_split(dataset: Literal["ct", "cxr"], split: Split, task: str = "covid") -> list[Sample]:

@@ -31,24 +31,19 @@ import re
 import struct
 
 from pydicom.charset import convert_encodings
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import DicomDictionary, dictionary_VR, tag_for_keyword
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, STANDARD_VR
 from pydicom.values import convert_string
 
 __all__ = ["IDENTITY_KEYWORDS", "IDENTITY_TAGS", "scan_identity"]
 
-#: The values the listener records, by keyword, with the tag and the VR the standard gives them.
+#: The values the listener records: identity and hierarchy only, never patient data.
+IDENTITY_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID", "SeriesInstanceUID",
+                     "SeriesNumber", "InstanceNumber")
+#: The same by tag, with the VR the standard gives each (pydicom's dictionary).
 IDENTITY_TAGS: dict[int, tuple[str, bytes]] = {
-    0x00080016: ("SOPClassUID", b"UI"),
-    0x00080018: ("SOPInstanceUID", b"UI"),
-    0x00080060: ("Modality", b"CS"),
-    0x0020000D: ("StudyInstanceUID", b"UI"),
-    0x0020000E: ("SeriesInstanceUID", b"UI"),
-    0x00200011: ("SeriesNumber", b"IS"),
-    0x00200013: ("InstanceNumber", b"IS"),
+    int(tag_for_keyword(name)): (name, dictionary_VR(name).encode()) for name in IDENTITY_KEYWORDS  # type: ignore[arg-type]
 }
-#: Identity and hierarchy only, never patient data.
-IDENTITY_KEYWORDS = tuple(name for name, _ in IDENTITY_TAGS.values())
 _IMPLICIT_VR = {tag: vr for tag, (_, vr) in IDENTITY_TAGS.items()}
 
 _STANDARD = frozenset(str(vr).encode() for vr in STANDARD_VR)

@@ -3,16 +3,16 @@
 Loaded lazily, the first study of each kind after a (re)start waited for the model: the weights,
 the ONNX export on a fresh install (seconds), the TensorRT engine build on a GPU (minutes). That
 study is the one the radiologist is waiting for. So each worker process loads both models in a
-background thread as soon as it starts, runs one image through each so that the runtime's
-first-call allocations are paid then too, imports the job's modules (half a second of imports:
-pydicom's decoders, highdicom, the output builders), builds one SR and one SC from a made-up
-image (highdicom parses the standard's module tables (JSON) at its first object, 0.2-0.9 s of CPU
-that was the first study's), and last explains one blank image of each kind's usual size (the
-first Grad-CAM overlay of a 1955x1841 radiograph took 1.0 s against 0.29 s for the next: eager
-autograd's first backward, the colour map, the first large arrays). A job that arrives meanwhile
-waits on the context's lock for that model (no double load). A failure is logged with a hint and
-leaves the process serving: the first study of that kind then fails with the engine's
-explanation, as before.
+background thread as soon as it starts, runs one image and one full batch through each so that
+the runtime's first-call allocations for both shapes are paid then too, imports the job's modules
+(half a second of imports: pydicom's decoders, highdicom, the output builders), builds one SR and
+one SC from a made-up image (highdicom parses the standard's module tables (JSON) at its first
+object, 0.2-0.9 s of CPU that was the first study's), and last explains one blank image of each
+kind's usual size (the first Grad-CAM overlay of a 1955x1841 radiograph took 1.0 s against 0.29 s
+for the next: eager autograd's first backward, the colour map, the first large arrays). A job that
+arrives meanwhile waits on the context's lock for that model (no double load). A failure is logged
+with a hint and leaves the process serving: the first study of that kind then fails with the
+engine's explanation, as before.
 
 Prefork children each hold their own models, so they load in ``worker_process_init`` (in the
 child, after the fork: nothing heavy is loaded in the parent). The threads and solo pools share

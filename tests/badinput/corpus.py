@@ -17,6 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from ops.bench.series import new_uid
 
@@ -35,10 +36,11 @@ class Case:
     transfer_syntax: str = "1.2.840.10008.1.2.1"
 
 
-def _encode(ds: Dataset) -> bytes:
+def encode_data_set(ds: Dataset, syntax: UID = ExplicitVRLittleEndian) -> bytes:
+    """The data set alone, as a C-STORE carries it (no file meta), in ``syntax``'s VR and byte order."""
     buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
+    buffer.is_little_endian = syntax.is_little_endian
+    buffer.is_implicit_VR = syntax.is_implicit_VR
     write_dataset(buffer, ds)
     return buffer.getvalue()
 
@@ -64,13 +66,13 @@ def build_corpus(ct_slice: Path) -> list[Case]:
 
     def add(name: str, ds: Dataset, verdict: str, body: bytes | None = None,
             transfer_syntax: str = "1.2.840.10008.1.2.1") -> None:
-        cases.append(Case(name, body if body is not None else _encode(ds), str(ds.SOPClassUID),
+        cases.append(Case(name, body if body is not None else encode_data_set(ds), str(ds.SOPClassUID),
                           str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), verdict, transfer_syntax))
 
     ds = fresh()
-    add("truncated in the header", ds, "refuse", _encode(ds)[:700])
+    add("truncated in the header", ds, "refuse", encode_data_set(ds)[:700])
     ds = fresh()
-    add("truncated in the pixel data", ds, "refuse", _encode(ds)[: len(_encode(ds)) // 2])
+    add("truncated in the pixel data", ds, "refuse", encode_data_set(ds)[: len(encode_data_set(ds)) // 2])
 
     ds = fresh()
     del ds.PixelData
@@ -97,14 +99,14 @@ def build_corpus(ct_slice: Path) -> list[Case]:
     add("zero rows", ds, "store")
 
     ds = fresh()
-    body = _encode(ds)
+    body = encode_data_set(ds)
     # a private element declaring almost 4 GB, placed where group 0009 belongs (before PatientName)
     at = body.find(struct.pack("<HH", 0x0010, 0x0010))
     hostile = _element(0x0009, 0x0010, b"OB", b"\0" * 8, length=0xFFFFFFF0)
     add("huge declared length", ds, "refuse", body[:at] + hostile + body[at:])
 
     ds = fresh()
-    raw = _encode(ds)
+    raw = encode_data_set(ds)
     # (0028,0010) Rows encoded with VR "XX": a VR that does not exist
     idx = raw.find(struct.pack("<HH", 0x0028, 0x0010))
     wrong_vr = raw[:idx + 4] + b"XX" + raw[idx + 6:] if idx >= 0 else raw

@@ -14,15 +14,13 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian)
 
 from listener.identity_scan import scan_identity
 from listener.server import CorruptDataset, instance_meta, pydicom_identity, read_instance_meta
 from ops.bench.fuzz import Seed, mutate, default_seeds
-from tests.badinput.corpus import build_corpus
+from tests.badinput.corpus import build_corpus, encode_data_set
 
 
 def _pydicom_outcome(dataset: bytes, syntax: UID) -> Any:
@@ -44,12 +42,7 @@ def _scan_outcome(dataset: bytes, syntax: UID) -> Any:
 
 
 def _encoded(path: Path, syntax: UID) -> bytes:
-    ds = pydicom.dcmread(path)
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = syntax.is_little_endian
-    buffer.is_implicit_VR = syntax.is_implicit_VR
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
+    return encode_data_set(pydicom.dcmread(path), syntax)
 
 
 @pytest.fixture

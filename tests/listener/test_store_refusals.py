@@ -8,8 +8,6 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,19 +16,11 @@ from db.models import Instance
 from db.session import make_engine, make_sessionmaker
 from listener import statuses
 from ops.bench.series import copy_with_new_identity, new_uid
+from tests.badinput.corpus import encode_data_set
 from tests.conftest import require_tools
 from tests.dcmtk import echoscu
 from tests.pynetdicom_scu import send_files, write_raw_instance
 from tests.services import free_port
-
-
-def _body_of(ds: pydicom.Dataset) -> bytes:
-    """The data set alone, explicit VR little endian, as a C-STORE carries it."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_dataset(buffer, ds)
-    return buffer.getvalue()
 
 
 def _files_under(root: Path) -> list[Path]:
@@ -44,7 +34,7 @@ def test_malformed_data_set_gets_a_failure_and_the_next_association_works(
     listener = listener_factory(sessions)
     garbage = write_raw_instance(tmp_path / "garbage.dcm", new_uid(), b"\x08\x00\x16\x00UI\xff\xff" + b"\x17" * 300)
     truncated_ds = pydicom.dcmread(copy_with_new_identity(ct_files[0], tmp_path / "ok.dcm"))
-    body = _body_of(truncated_ds)
+    body = encode_data_set(truncated_ds)
     truncated = write_raw_instance(tmp_path / "truncated.dcm", truncated_ds.SOPInstanceUID, body[: len(body) // 3])
     results = send_files(listener.port, [garbage, truncated])
     assert all(s is not None and s >= 0xA000 for s in results), [hex(s or 0) for s in results]
@@ -67,7 +57,7 @@ def test_uid_with_path_characters_cannot_write_outside_the_root(
     ds.SOPInstanceUID = crafted
     ds.StudyInstanceUID = crafted
     ds.SeriesInstanceUID = crafted
-    hostile = write_raw_instance(tmp_path / "hostile.dcm", crafted, _body_of(ds))
+    hostile = write_raw_instance(tmp_path / "hostile.dcm", crafted, encode_data_set(ds))
     assert send_files(listener.port, [hostile]) == [statuses.INVALID_UID]
     assert _files_under(listener.store.root) == []
     assert not list(tmp_path.parent.rglob("escaped*"))
@@ -81,7 +71,7 @@ def test_request_and_data_set_disagreeing_is_refused(
 ) -> None:
     listener = listener_factory(sessions)
     ds = pydicom.dcmread(copy_with_new_identity(ct_files[0], tmp_path / "a.dcm"))
-    lying = write_raw_instance(tmp_path / "lying.dcm", new_uid(), _body_of(ds))
+    lying = write_raw_instance(tmp_path / "lying.dcm", new_uid(), encode_data_set(ds))
     assert send_files(listener.port, [lying]) == [statuses.DATASET_MISMATCH]
     assert _files_under(listener.store.root) == []
 
