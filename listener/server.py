@@ -5,24 +5,26 @@ The C-STORE path (see DESIGN.md, listener/):
 1. The received data set is taken as pynetdicom received it (the request's encoded bytes), never
    decoded and re-encoded: what is stored is byte for byte what was sent, behind the node's own file
    meta (``listener.filemeta``).
-2. At once, an I/O thread writes those bytes to a new file under ``<storage>/tmp`` and fsyncs it.
-   Meanwhile the handler parses the identifying attributes and checks every UID, then runs the row's
-   statements (not yet committed); only if the unique index refuses the row (a re-send) is the
-   instance looked up. A refused instance gets its failure status and its temporary file is
-   removed: it never reaches a final name.
+2. Those bytes reach a new file under ``<storage>/tmp`` while they arrive: each fragment is staged as
+   its PDU is read and written by the association's I/O thread (``listener.streaming``), and the file
+   is fsynced as the last one comes in. A data set that was not streamed is written from memory by
+   the handler. Meanwhile the handler parses the identifying attributes and checks every UID, then
+   runs the row's statements (not yet committed; ``listener.records``, on the DB-API connection);
+   only if the unique index refuses the row (a re-send) is the instance looked up. A refused instance
+   gets its failure status and its temporary file is removed: it never reaches a final name.
 3. Once the temporary file is fsynced it is renamed to ``<storage>/<study>/<series>/<instance>.dcm``
    and the directory fsynced; only then is the row committed, and only then is Success answered.
    A full disk (ENOSPC) or a failed commit removes what was written and answers 0xA700 (retry later).
-   Overlapping the file's write and fsync with the parse and the statements is what the ingest
-   benchmark measured as worth keeping (``ops/bench/ingest.py``); the order on disk is unchanged.
+   Overlapping the file's write and fsync with the transfer, the parse and the statements is what the
+   ingest benchmark measured as worth keeping (``ops/bench/ingest.py``); the order on disk is unchanged.
 
 Associations are accepted through ``listener.reactor``: pynetdicom's own code, waiting on events
 instead of polling every millisecond (twice the transport's throughput, measured there).
 
-pynetdicom's option to stream data sets to temporary files (``STORE_RECV_CHUNKED_DATASET``) is
-deliberately not used: pynetdicom writes the file in its DUL reactor thread before the handler runs,
-so a write error there (ENOSPC) aborts the association instead of answering 0xA700, and the file lands
-in the process-wide ``tempfile`` folder, not on the storage file system where it could be renamed.
+pynetdicom's own option to stream data sets to temporary files (``STORE_RECV_CHUNKED_DATASET``) is
+deliberately not used: it writes the file in pynetdicom's DUL thread, so a write error there (ENOSPC)
+aborts the association instead of answering 0xA700, and the file lands in the process-wide
+``tempfile`` folder, not on the storage file system where it could be renamed.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from pynetdicom.presentation import (
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import utcnow
@@ -62,21 +64,15 @@ from listener import statuses
 from listener.filemeta import file_meta_bytes
 from listener.identity_scan import IDENTITY_KEYWORDS, scan_identity
 from listener.reactor import EventDrivenRequestHandler
-from listener.records import InstanceMeta, find_instance_path, record_instance
+from listener.records import InstanceMeta, InstanceRecorder
 from listener.storage import InstanceStore
+from listener.streaming import InstanceStream, StreamingDIMSEProvider
 from listener.uids import InvalidUID, check_uid
 from ops.logs import event
 
 log = logging.getLogger("triage.listener")
 
 _KNOWN_SERIES_MAX = 4096
-
-
-def _rollback_quietly(session: Session) -> None:
-    try:
-        session.rollback()
-    except SQLAlchemyError:
-        pass  # the connection is gone; the transaction died with it
 
 
 class CorruptDataset(ValueError):
@@ -229,7 +225,8 @@ class Listener:
         share_port: bool = False,
     ) -> None:
         self.store = store
-        self._sessions = sessions
+        with sessions() as session:
+            self._recorder = InstanceRecorder(session.get_bind())
         self._host = host
         self._port = port
         self._allowed_networks = [ipaddress.ip_network(h, strict=False) for h in allowed_hosts]
@@ -287,6 +284,7 @@ class Listener:
             request_handler=EventDrivenRequestHandler,
         )
         server.allowed_networks = self._allowed_networks
+        server.instance_store = self.store  # data sets written as they arrive (listener.streaming)
         self.ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() agree
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
@@ -334,18 +332,26 @@ class Listener:
         transfer_syntax = str(event_.context.transfer_syntax)
         # what event_.encoded_dataset(include_meta=True) returns, without building a pydicom data set
         meta = file_meta_bytes(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, transfer_syntax)
-        return self._store(meta, request.DataSet.getvalue(), request, transfer_syntax, calling_ae, started)
+        dimse = event_.assoc.dimse
+        stream = dimse.take_stream(request.MessageID) if isinstance(dimse, StreamingDIMSEProvider) else None
+        return self._store(meta, request.DataSet.getvalue(), request, transfer_syntax, calling_ae, started, stream)
 
     def _store(self, file_meta: bytes, dataset: bytes, request: Any, transfer_syntax: str, calling_ae: str,
-               started: float) -> int:
-        # The bytes go to a temporary file (write, fsync) in an I/O thread while this thread checks
+               started: float, stream: InstanceStream | None = None) -> int:
+        # The bytes reach a temporary file (write, fsync) in an I/O thread while this thread checks
         # them and writes the row; the file is renamed into place only if they pass, and the row is
         # committed only after that. Whatever happens, nothing is left under tmp/ once this returns.
-        encoded = file_meta + dataset
-        writing = self._placer().submit(self.store.write_temp, encoded)
+        # Mostly written already while the data set arrived (``stream``); written here from memory
+        # when it was not streamed.
+        size = len(file_meta) + len(dataset)
+        if stream is not None and stream.size == size:
+            writing = stream.finish()
+        else:
+            if stream is not None:
+                stream.discard()
+            writing = self._placer().submit(self.store.write_temp, file_meta + dataset)
         try:
-            return self._check_and_record(dataset, len(encoded), writing, request, transfer_syntax, calling_ae,
-                                          started)
+            return self._check_and_record(dataset, size, writing, request, transfer_syntax, calling_ae, started)
         finally:
             try:
                 tmp = writing.result()
@@ -370,23 +376,23 @@ class Listener:
                                 "SOP Class or Instance UID of the data set differ from the request", calling_ae)
         rel = self.store.relative_path(meta.study_uid, meta.series_uid, meta.sop_instance_uid)
 
+        recorder = self._recorder
         try:
-            with self._sessions() as session:
+            with recorder.transaction() as transaction:
                 try:
                     # The row is inserted first and the instance looked up only if its SOP Instance UID
                     # is taken: a re-send is rare, a look-up per instance is not free (ingest bench).
-                    recorded = record_instance(session, meta, path=rel.as_posix(), size_bytes=size,
-                                               calling_ae=calling_ae, now=utcnow(),
-                                               ids=self._known_series.get(meta.series_uid))
+                    recorded = transaction.record(meta, path=rel.as_posix(), size_bytes=size, calling_ae=calling_ae,
+                                                  now=utcnow(), ids=self._known_series.get(meta.series_uid))
                     # durable file (fsync, rename, directory fsync) before the row is committed
                     self.store.place(writing.result(), rel)
-                    session.commit()
-                except IntegrityError:
+                    transaction.commit()
+                except recorder.driver_errors.IntegrityError:
                     # Already recorded: a re-send, or another association a moment ago (its file was
                     # placed before its row was committed). The unique index refused the row before
                     # this file was placed, so the first copy stays as it is.
-                    session.rollback()
-                    existing = find_instance_path(session, meta.sop_instance_uid)
+                    transaction.rollback()
+                    existing = transaction.find_instance_path(meta.sop_instance_uid)
                     if existing is None:
                         raise
                     if not self.store.exists(existing):  # row without its file: heal it with this copy
@@ -396,11 +402,10 @@ class Listener:
                     event(log, "listener.store.duplicate", sop_instance_uid=sop_uid, calling_ae=calling_ae)
                     return statuses.SUCCESS
                 except BaseException:
-                    _rollback_quietly(session)
-                    self.store.remove(rel)
+                    self.store.remove(rel)  # the row is rolled back as its connection goes back to the pool
                     raise
             self._remember_series(meta.series_uid, (recorded.study_id, recorded.series_id))
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, recorder.driver_errors.Error) as exc:
             event(log, "listener.store.db_error", logging.ERROR, sop_instance_uid=sop_uid,
                   error=type(exc).__name__, hint="check the database; the sender should retry")
             return statuses.OUT_OF_RESOURCES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +59,16 @@ def require_tools(*names: str) -> None:
     missing = [name for name in names if find_dcmtk(name) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (apt-get install dcmtk dicom3tools orthanc)")
+
+
+def wait_until(condition: Callable[[], object], seconds: float = 10.0) -> bool:
+    """Poll ``condition`` every 20 ms until it holds or ``seconds`` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from db.models import (
     utcnow,
 )
 from listener.completion import ANALYSE_TOPIC, complete_quiet_studies
-from listener.records import InstanceMeta, record_instance
+from listener.records import InstanceMeta, InstanceRecorder
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
@@ -31,9 +31,11 @@ def _meta(series: str, sop: str) -> InstanceMeta:
 
 def _store(sessions: sessionmaker[Session], series: str, sop: str, at) -> bool:  # type: ignore[no-untyped-def]
     with sessions() as session:
-        recorded = record_instance(session, _meta(series, sop), path=f"{STUDY}/{series}/{sop}.dcm",
-                                   size_bytes=100, calling_ae="SCU", now=at)
-        session.commit()
+        recorder = InstanceRecorder(session.get_bind())
+    with recorder.transaction() as transaction:
+        recorded = transaction.record(_meta(series, sop), path=f"{STUDY}/{series}/{sop}.dcm", size_bytes=100,
+                                      calling_ae="SCU", now=at)
+        transaction.commit()
         return recorded.reopened
 
 
@@ -49,6 +51,7 @@ def test_hierarchy_is_recorded(sessions: sessionmaker[Session]) -> None:
         assert counts == {"1.2.3.1": 3, "1.2.3.2": 1}
         assert session.scalar(select(func.count(Instance.id))) == 4
         assert study.last_instance_at.tzinfo is not None
+        assert abs(study.last_instance_at - t0).total_seconds() < 1e-5  # written in UTC, read back in UTC
 
 
 def test_quiet_study_completes_exactly_once_and_reopens(sessions: sessionmaker[Session]) -> None:

@@ -8,7 +8,6 @@ silent past the network timeout, a peer that aborts, many C-STOREs on one associ
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance
 from listener.reactor import WakingAssociation
-from tests.conftest import require_tools
+from tests.conftest import require_tools, wait_until
 from tests.dcmtk import echoscu
-
-
-def _wait_until(condition: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def _scu() -> AE:
@@ -49,7 +39,7 @@ def test_a_connection_that_never_asks_for_an_association_is_let_go_at_once(
     for _ in range(4):  # more probes than the association limit
         with socket.create_connection(("127.0.0.1", listener.port)):
             pass
-    assert _wait_until(lambda: not listener.ae.active_associations, 3), \
+    assert wait_until(lambda: not listener.ae.active_associations, 3), \
         "a probe still holds an association thread: it would wait acse_timeout (30 s)"
     require_tools("echoscu")
     assert echoscu(listener.port).returncode == 0
@@ -63,9 +53,9 @@ def test_an_idle_association_is_aborted_after_the_network_timeout(
     assert assoc.is_established
     (accepted,) = listener.ae.active_associations
     assert isinstance(accepted, WakingAssociation)
-    assert _wait_until(lambda: not assoc.is_established, 10), "the silent association was never ended"
+    assert wait_until(lambda: not assoc.is_established, 10), "the silent association was never ended"
     assert assoc.is_aborted
-    assert _wait_until(lambda: not listener.ae.active_associations, 3)
+    assert wait_until(lambda: not listener.ae.active_associations, 3)
 
 
 def test_a_peer_abort_ends_the_association_and_the_next_one_is_served(
@@ -76,7 +66,7 @@ def test_a_peer_abort_ends_the_association_and_the_next_one_is_served(
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
     assoc.abort()
-    assert _wait_until(lambda: not listener.ae.active_associations, 3)
+    assert wait_until(lambda: not listener.ae.active_associations, 3)
     again = _scu().associate("127.0.0.1", listener.port, ae_title="TRIAGE")
     assert again.send_c_echo().Status == 0x0000
     again.release()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from listener.storage import DIRECT_IO_ALIGNMENT, DIRECT_IO_CHUNK, InstanceStore
+from listener.storage import DIRECT_IO_ALIGNMENT, TEMP_BLOCK, InstanceStore
 from tests.mounts import mounted
 
 # around every boundary the direct writer pads, cuts or splits at
 SIZES = [0, 1, DIRECT_IO_ALIGNMENT - 1, DIRECT_IO_ALIGNMENT, DIRECT_IO_ALIGNMENT + 1, 530_000,
-         DIRECT_IO_CHUNK - 1, DIRECT_IO_CHUNK, DIRECT_IO_CHUNK + DIRECT_IO_ALIGNMENT + 3]
+         TEMP_BLOCK - 1, TEMP_BLOCK, TEMP_BLOCK + DIRECT_IO_ALIGNMENT + 3]
 
 
 @pytest.fixture
@@ -38,8 +38,8 @@ def test_placed_files_hold_exactly_the_bytes_written(tmp_path: Path, direct_io: 
 
 def test_memoryview_of_a_larger_buffer_is_written_as_its_own_bytes(tmp_path: Path) -> None:
     store = InstanceStore(tmp_path / "store")
-    backing = bytearray(os.urandom(DIRECT_IO_CHUNK + 10_000))
-    view = memoryview(backing)[5_000:5_000 + DIRECT_IO_CHUNK + 17]
+    backing = bytearray(os.urandom(TEMP_BLOCK + 10_000))
+    view = memoryview(backing)[5_000:5_000 + TEMP_BLOCK + 17]
     tmp = store.write_temp(view)
     assert tmp.read_bytes() == bytes(view)
     store.discard(tmp)

@@ -9,12 +9,12 @@ from typing import Any
 import pydicom
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance
 from db.session import make_engine, make_sessionmaker
 from listener import statuses
+from listener.records import RecordingTransaction
 from ops.bench.series import copy_with_new_identity, new_uid
 from tests.badinput.corpus import encode_data_set
 from tests.conftest import require_tools
@@ -97,11 +97,13 @@ def test_commit_comes_after_the_file_is_placed_and_a_failed_commit_removes_it(
     listener = listener_factory(sessions)
     seen_at_commit: list[list[Path]] = []
 
-    def failing_commit(self: Session) -> None:
-        seen_at_commit.append([p for p in _files_under(listener.store.root) if p.parent != listener.store.tmp_dir])
-        raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+    driver_errors = listener._recorder.driver_errors  # what the database driver raises (PEP 249)
 
-    monkeypatch.setattr(Session, "commit", failing_commit)
+    def failing_commit(self: RecordingTransaction) -> None:
+        seen_at_commit.append([p for p in _files_under(listener.store.root) if p.parent != listener.store.tmp_dir])
+        raise driver_errors.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(RecordingTransaction, "commit", failing_commit)
     instance = copy_with_new_identity(ct_files[0], tmp_path / "one.dcm")
     assert send_files(listener.port, [instance]) == [statuses.OUT_OF_RESOURCES]
     monkeypatch.undo()

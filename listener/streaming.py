@@ -1,0 +1,196 @@
+"""A C-STORE's data set written to its temporary file while its PDUs are still arriving.
+
+pynetdicom assembles a received data set in memory and hands it to the handler only once its last
+PDU is in; the handler then wrote the whole file and fsynced it before it could answer. On one
+association the sender waits for that answer, so the write (1.1-1.7 ms of a 0.5 MB CT slice) was
+added to every instance. Here each data set fragment is also staged into a
+:class:`listener.storage.TempFile` as it arrives, in the DUL thread, and its full blocks are written by
+the association's own I/O thread; when the handler runs, only the last block and the fsync are left.
+
+Nothing else changes: the bytes in memory are still what the handler checks, the file still gets its
+final name only after that check (``listener.server``), and a write error still reaches the handler
+as the OSError it answers 0xA700 to; the DUL thread never raises for it (pynetdicom's own
+``STORE_RECV_CHUNKED_DATASET`` writes in that thread and aborts the association on ENOSPC). A message
+whose data set began in the same PDU as its command set is not streamed (the handler writes it from
+memory, as before): rare, and only its speed differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+
+from listener.filemeta import file_meta_bytes
+from listener.storage import Block, InstanceStore, TempFile
+from listener.store_response import PackingDIMSEProvider
+from ops.logs import event
+
+log = logging.getLogger("triage.listener")
+
+__all__ = ["InstanceStream", "StreamingDIMSEProvider"]
+
+
+class InstanceStream:
+    """One data set on its way to a temporary file.
+
+    :meth:`feed` runs in the receiving thread and never raises for the file; the writes run in order on
+    ``io`` (one thread per association); :meth:`finish` gives the fsynced file's path or the first
+    error, and :meth:`discard` drops it. Exactly one of the two is called.
+    """
+
+    def __init__(self, store: InstanceStore, io: ThreadPoolExecutor, prefix: bytes) -> None:
+        self._io = io
+        self._error: BaseException | None = None
+        self._file = TempFile(store)
+        self._finishing: Future[Path] | None = None
+        self.size = 0
+        self._submit(self._open)
+        self.feed(prefix)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Stage the next bytes; hand full blocks to the I/O thread."""
+        self.size += len(data)
+        if self._error is not None:
+            return
+        for block in self._file.stage(data, eager=True):
+            if not self._submit(self._write, block):
+                TempFile.drop(block)
+
+    def finish(self) -> Future[Path]:
+        """The temporary file's path once its last block is written and it is fsynced.
+
+        Called in the receiving thread as the last fragment arrives, so that the last write and the
+        fsync overlap the decoding of the message and the handler's checks; the handler's own call
+        then gets the same future.
+        """
+        if self._finishing is None:
+            try:
+                self._finishing = self._io.submit(self._finish)
+            except RuntimeError:  # the association closed meanwhile: finish here
+                done: Future[Path] = Future()
+                try:
+                    done.set_result(self._finish())
+                except BaseException as exc:
+                    done.set_exception(exc)
+                self._finishing = done
+        return self._finishing
+
+    def discard(self) -> None:
+        """Remove the file once the writes queued before are done (the handler wrote it otherwise)."""
+        try:
+            self._io.submit(self._discard)
+        except RuntimeError:
+            self._discard()
+
+    def _submit(self, task: Callable[..., None], *args: Any) -> bool:
+        try:
+            self._io.submit(task, *args)
+        except RuntimeError as exc:  # the association is closing
+            self._error = exc
+            return False
+        return True
+
+    def _open(self) -> None:
+        try:
+            self._file.open()
+        except BaseException as exc:  # no inode, no permission: answered by the handler
+            self._error = exc
+
+    def _write(self, block: Block) -> None:
+        if self._error is not None:
+            TempFile.drop(block)
+            return
+        try:
+            self._file.write(block)
+        except BaseException as exc:  # kept for finish(), which the handler waits on
+            self._error = exc
+
+    def _finish(self) -> Path:
+        if self._error is not None:
+            self._discard()
+            raise self._error
+        try:
+            return self._file.finish()
+        except BaseException:
+            self._file.discard()
+            raise
+
+    def _discard(self) -> None:
+        self._file.discard()
+
+
+class StreamingDIMSEProvider(PackingDIMSEProvider):
+    """pynetdicom's DIMSE provider, also staging each C-STORE data set to disk as it arrives.
+
+    The handler takes the stream of its request with :meth:`take_stream` (by Message ID) and finishes
+    or discards it; streams left when the association ends are discarded by :meth:`close_streams`.
+    """
+
+    def adopt_store(self, store: InstanceStore) -> None:
+        self._store = store
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-stream")
+        self._streams: dict[int, InstanceStream] = {}
+        #: the message being received, its Message ID and its stream (None: not streamed)
+        self._current: tuple[DIMSEMessage, int, InstanceStream | None] | None = None
+        self._closed = False
+
+    def receive_primitive(self, primitive: Any) -> None:
+        message = self.message
+        if isinstance(message, C_STORE_RQ) and not self._closed:  # its command set is decoded
+            stream = self._stream_of(message)
+            if stream is not None:
+                for _, data in primitive.presentation_data_value_list:
+                    if data[0] & 1:  # a command fragment after the command set: let pynetdicom judge
+                        self._give_up(message)
+                        break
+                    stream.feed(memoryview(data)[1:])
+                    if data[0] & 2:  # the last fragment
+                        stream.finish()
+        super().receive_primitive(primitive)
+
+    def take_stream(self, message_id: int) -> InstanceStream | None:
+        """The stream of a received C-STORE request, now the caller's; None if it was not streamed."""
+        return self._streams.pop(message_id, None)
+
+    def close_streams(self) -> None:
+        """Discard what no handler took (an aborted association); stop the I/O thread when it is done."""
+        self._closed = True
+        while self._streams:
+            _, stream = self._streams.popitem()
+            stream.discard()
+        self._io.shutdown(wait=False)
+
+    def _stream_of(self, message: DIMSEMessage) -> InstanceStream | None:
+        if self._current is not None and self._current[0] is message:
+            return self._current[2]
+        stream, message_id = None, -1
+        try:
+            if message.data_set.tell() == 0:  # type: ignore[union-attr]  # none of it came with the command
+                command = message.command_set
+                syntax = self.assoc._accepted_cx[message.context_id].transfer_syntax[0]
+                stream = InstanceStream(self._store, self._io, file_meta_bytes(
+                    command.AffectedSOPClassUID, command.AffectedSOPInstanceUID, syntax))
+                message_id = int(command.MessageID)
+                previous = self._streams.pop(message_id, None)
+                if previous is not None:  # the ID reused while its data set was never handled
+                    previous.discard()
+                self._streams[message_id] = stream
+                if self._closed:  # closed meanwhile, by another thread
+                    self.close_streams()
+        except Exception as exc:  # a message pynetdicom will refuse or answer itself: not streamed
+            event(log, "listener.stream.skipped", logging.DEBUG, error=type(exc).__name__)
+            stream = None
+        self._current = (message, message_id, stream)
+        return stream
+
+    def _give_up(self, message: DIMSEMessage) -> None:
+        if self._current is not None:
+            stream = self._streams.pop(self._current[1], None)
+            if stream is not None:
+                stream.discard()
+        self._current = (message, -1, None)
