@@ -45,7 +45,7 @@ from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
+from pynetdicom.dul import LOGGER, DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
@@ -80,21 +80,24 @@ class IntoBufferSocket(AssociationSocket):
     """
 
     def recv(self, nr_bytes: int) -> bytearray:
-        sock = cast(socket.socket, self.socket)
         buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        read = 0
-        while read < nr_bytes:
-            count = sock.recv_into(view[read:], nr_bytes - read)
+        read = self.recv_into(memoryview(buffer))
+        return buffer if read == nr_bytes else buffer[:read]
+
+    def recv_into(self, view: memoryview) -> int:
+        """Fill ``view`` from the socket; the bytes read, fewer only when the peer closed the connection."""
+        sock = cast(socket.socket, self.socket)
+        read, wanted = 0, len(view)
+        while read < wanted:
+            count = sock.recv_into(view[read:], wanted - read)
             if not count:
-                del view
-                return buffer[:read]
+                break
             read += count
-        del view
-        return buffer
+        return read
 
 
 _PDU_LENGTH = struct.Struct(">L")
+_PDU_HEADER = struct.Struct(">BBL")
 
 
 def presentation_data_values(pdu: bytearray) -> list[tuple[int, memoryview]] | None:
@@ -174,6 +177,54 @@ class WakingDUL(DULServiceProvider):
             return
         if self._wake_r in ready:  # drain only when woken: no extra syscall per received PDU
             self._drain()
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom 3.0.4's ``DULServiceProvider._read_pdu_data``, reading each PDU into one buffer.
+
+        pynetdicom reads the 6-byte header, then the body into a second buffer that it appends to the
+        first: one more allocation and copy of every 128 KiB PDU of a data set. The events and log lines
+        on a short or unknown PDU are pynetdicom's.
+        """
+        sock = cast(IntoBufferSocket, self.socket)
+        header = bytearray(6)
+        try:
+            got = sock.recv_into(memoryview(header))
+        except (OSError, TimeoutError) as exc:
+            LOGGER.error("Connection closed before the entire PDU was received")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt17")  # transport connection closed
+            return
+        if got != 6:
+            self.event_queue.put("Evt17")
+            return
+        pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            LOGGER.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")  # unrecognised or invalid PDU
+            return
+        bytestream = bytearray(6 + pdu_length)
+        bytestream[:6] = header
+        try:
+            got = sock.recv_into(memoryview(bytestream)[6:])
+        except (OSError, TimeoutError) as exc:
+            LOGGER.error("Connection closed before the entire PDU was received")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        if got != pdu_length:
+            LOGGER.error(f"The received PDU is shorter than expected ({6 + got} of {6 + pdu_length} bytes "
+                         "received)")
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu, event_name = self._decode_pdu(bytestream)
+            self.event_queue.put(event_name)
+        except Exception as exc:
+            LOGGER.error("Unable to decode the received PDU data")
+            LOGGER.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self._recv_pdu.put(pdu)
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         """P-DATA-TF, the PDU of every fragment of every data set, decoded without copying it twice.
