@@ -4,8 +4,9 @@ pynetdicom assembles a received data set in memory and hands it to the handler o
 PDU is in; the handler then wrote the whole file and fsynced it before it could answer. On one
 association the sender waits for that answer, so the write (1.1-1.7 ms of a 0.5 MB CT slice) was
 added to every instance. Here each data set fragment is also staged into a
-:class:`listener.storage.TempFile` as it arrives, in the DUL thread, and its full blocks are written by
-the association's own I/O thread; when the handler runs, only the last block and the fsync are left.
+:class:`listener.storage.TempFile` as it arrives, in the DUL thread, and its whole pages are written by
+the association's own I/O thread; the last fragment starts the last write and the fsync, which then
+run while pynetdicom decodes the message and the handler checks it.
 
 Nothing else changes: the bytes in memory are still what the handler checks, the file still gets its
 final name only after that check (``listener.server``), and a write error still reaches the handler
@@ -40,7 +41,8 @@ class InstanceStream:
 
     :meth:`feed` runs in the receiving thread and never raises for the file; the writes run in order on
     ``io`` (one thread per association); :meth:`finish` gives the fsynced file's path or the first
-    error, and :meth:`discard` drops it. Exactly one of the two is called.
+    error (as a future: the same one each call), and :meth:`discard` removes the file, finished or not.
+    The handler either places the finished file or discards it.
     """
 
     def __init__(self, store: InstanceStore, io: ThreadPoolExecutor, prefix: bytes) -> None:
