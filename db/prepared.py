@@ -11,6 +11,9 @@ connection from the engine's own pool (``Engine.raw_connection``), as SQLAlchemy
 such paths.
 
 The statements stay SQLAlchemy Core objects built from the models, so the schema has one definition.
+What runs here bypasses SQLAlchemy's execution events (``before_cursor_execute`` and the like) and
+its disconnect handling: a broken PostgreSQL connection is found by the pool's pre-ping at the next
+checkout.
 """
 
 from __future__ import annotations
