@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+#: how every SQLite transaction of the node begins (see above); also run by db.prepared's users
+SQLITE_BEGIN = "BEGIN IMMEDIATE"
 
 
 def make_engine(url: str, *, durable: bool = True, **kwargs: Any) -> Engine:
@@ -55,7 +57,7 @@ def _configure_sqlite(engine: Engine, *, durable: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql(SQLITE_BEGIN)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Dialect
 
 from db.models import Instance, Series, Study, StudyState
 from db.prepared import PreparedStatement
+from db.session import SQLITE_BEGIN
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class InstanceRecorder:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         dialect = engine.dialect
-        self._sqlite = dialect.name == "sqlite"
+        self.sqlite = dialect.name == "sqlite"
         #: the driver's exceptions (PEP 249): IntegrityError is a re-send, Error anything else
         self.driver_errors: Any = dialect.loaded_dbapi
         self.find_path = PreparedStatement(_FIND_PATH, dialect)
@@ -99,8 +100,8 @@ class InstanceRecorder:
         connection = self.engine.raw_connection()
         try:
             cursor = connection.cursor()
-            if self._sqlite:  # as every transaction of the node's SQLite engine (db.session)
-                cursor.execute("BEGIN IMMEDIATE")
+            if self.sqlite:  # as every transaction of the node's SQLite engine (db.session)
+                cursor.execute(SQLITE_BEGIN)
             yield RecordingTransaction(self, connection, cursor)
         finally:
             connection.close()  # back to the pool, which rolls back whatever was not committed
@@ -152,8 +153,8 @@ class RecordingTransaction:
     def rollback(self) -> None:
         """Undo this transaction's statements and begin a new one (for the look-up after a refusal)."""
         self._connection.rollback()
-        if self._recorder._sqlite:
-            self._cursor.execute("BEGIN IMMEDIATE")
+        if self._recorder.sqlite:
+            self._cursor.execute(SQLITE_BEGIN)
 
     def _hierarchy_ids(self, meta: InstanceMeta, now: datetime) -> tuple[int, int]:
         """(study id, series id) of the instance, creating the rows on first sight."""

@@ -330,26 +330,27 @@ class Listener:
         request = event_.request
         calling_ae = str(event_.assoc.requestor.ae_title).strip()
         transfer_syntax = str(event_.context.transfer_syntax)
-        # what event_.encoded_dataset(include_meta=True) returns, without building a pydicom data set
-        meta = file_meta_bytes(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, transfer_syntax)
         dimse = event_.assoc.dimse
         stream = dimse.take_stream(request.MessageID) if isinstance(dimse, StreamingDIMSEProvider) else None
-        return self._store(meta, request.DataSet.getvalue(), request, transfer_syntax, calling_ae, started, stream)
+        return self._store(request.DataSet.getvalue(), request, transfer_syntax, calling_ae, started, stream)
 
-    def _store(self, file_meta: bytes, dataset: bytes, request: Any, transfer_syntax: str, calling_ae: str,
-               started: float, stream: InstanceStream | None = None) -> int:
+    def _store(self, dataset: bytes, request: Any, transfer_syntax: str, calling_ae: str, started: float,
+               stream: InstanceStream | None = None) -> int:
         # The bytes reach a temporary file (write, fsync) in an I/O thread while this thread checks
         # them and writes the row; the file is renamed into place only if they pass, and the row is
         # committed only after that. Whatever happens, nothing is left under tmp/ once this returns.
-        # Mostly written already while the data set arrived (``stream``); written here from memory
-        # when it was not streamed.
-        size = len(file_meta) + len(dataset)
-        if stream is not None and stream.size == size:
+        # Mostly written already while the data set arrived (``stream``, its file meta included);
+        # written here from memory when it was not streamed.
+        if stream is not None and stream.size == stream.prefix_size + len(dataset):
+            size = stream.size
             writing = stream.finish()
         else:
             if stream is not None:
                 stream.discard()
-            writing = self._placer().submit(self.store.write_temp, file_meta + dataset)
+            # what event_.encoded_dataset(include_meta=True) returns, without building a pydicom data set
+            meta = file_meta_bytes(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID, transfer_syntax)
+            size = len(meta) + len(dataset)
+            writing = self._placer().submit(self.store.write_temp, meta + dataset)
         try:
             return self._check_and_record(dataset, size, writing, request, transfer_syntax, calling_ae, started)
         finally:

@@ -47,6 +47,8 @@ class InstanceStream:
 
     def __init__(self, store: InstanceStore, io: ThreadPoolExecutor, prefix: bytes) -> None:
         self._io = io
+        #: the file meta written before the data set: what the handler needs of it (its length)
+        self.prefix_size = len(prefix)
         self._error: BaseException | None = None
         self._file = TempFile(store)
         self._finishing: Future[Path] | None = None
@@ -71,23 +73,24 @@ class InstanceStream:
         then gets the same future.
         """
         if self._finishing is None:
-            try:
-                self._finishing = self._io.submit(self._finish)
-            except RuntimeError:  # the association closed meanwhile: finish here
-                done: Future[Path] = Future()
-                try:
-                    done.set_result(self._finish())
-                except BaseException as exc:
-                    done.set_exception(exc)
-                self._finishing = done
+            self._finishing = self._run(self._finish)
         return self._finishing
 
     def discard(self) -> None:
         """Remove the file once the writes queued before are done (the handler wrote it otherwise)."""
+        self._run(self._discard)
+
+    def _run(self, task: Callable[[], Path | None]) -> Future[Any]:
+        """``task`` after the writes queued before it; here and now if the association closed."""
         try:
-            self._io.submit(self._discard)
+            return self._io.submit(task)
         except RuntimeError:
-            self._discard()
+            done: Future[Any] = Future()
+            try:
+                done.set_result(task())
+            except BaseException as exc:
+                done.set_exception(exc)
+            return done
 
     def _submit(self, task: Callable[..., None], *args: Any) -> bool:
         try:
