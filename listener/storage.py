@@ -43,6 +43,8 @@ TEMP_BLOCK = 128 * 1024
 #: Free blocks kept for reuse (anonymous mmap memory: page-aligned by construction).
 _POOL_KEEP = 64
 _free_blocks: deque[mmap.mmap] = deque()  # append and pop are atomic: no lock needed
+#: Most blocks in one vectored write (the kernel refuses more with EINVAL).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if 0 < os.sysconf("SC_IOV_MAX") <= 1024 else 1024
 
 
 def _take_block() -> mmap.mmap:
@@ -70,9 +72,10 @@ class TempFile:
 
     Two sides, so that a received data set can reach the disk while the rest of it is still arriving:
     :meth:`stage` copies bytes into page-aligned blocks (the receiving thread, in order) and returns
-    those that are full; :meth:`open` creates the file and :meth:`write` writes a block (an I/O thread:
-    creating a file costs the receiving thread 0.4 ms on ext4; each block knows its offset);
-    :meth:`finish` writes the last, partial block, cuts the padding, fsyncs and closes. Errors
+    those that are full; :meth:`open` creates the file and :meth:`write` writes whatever blocks are
+    ready in one call (an I/O thread: creating a file costs the receiving thread 0.4 ms on ext4; each
+    block knows its offset); :meth:`stage_end` gives the last, partly filled block and :meth:`finish`
+    writes what is left, cuts the padding, fsyncs and closes. Errors
     (ENOSPC, ...) propagate from :meth:`write` and :meth:`finish`; the caller then discards it (:meth:`discard`).
 
     The file is opened with ``O_DIRECT`` where the store's file system takes it. One that refuses it at
@@ -134,34 +137,57 @@ class TempFile:
             self._filled = rest
         return full
 
-    def write(self, block: Block) -> None:
-        """Write one staged block; its buffer goes back to the pool whatever happens."""
+    def write(self, *blocks: Block) -> None:
+        """Write staged blocks, consecutive and in order, with as few system calls as the kernel allows
+        (one per ``IOV_MAX`` blocks); their buffers go back to the pool whatever happens.
+
+        One call for whatever is ready, not one per block: a direct write's cost here is mostly per
+        call (one 516 KiB write took 0.29 ms on the development VM, four of 128 KiB 0.53 ms, eight of
+        64 KiB 0.8 ms), so a writer that fell behind the network catches up in one call.
+        """
         try:
-            view = memoryview(block.buffer)[:block.length]  # pooled buffers are never closed: no release
-            written = 0
-            while written < block.length:
-                try:
-                    count = os.pwrite(self._fd, view[written:], block.offset + written)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL or not self._direct:
-                        raise
-                    self._stop_direct_io()  # taken at open, refused at the write (some file systems)
-                    continue
-                if count <= 0:
-                    raise OSError(errno.EIO, f"write of {block.length} bytes stopped after {written}")
-                written += count
+            for first in range(0, len(blocks), _IOV_MAX):
+                self._write_consecutive(blocks[first:first + _IOV_MAX])
         finally:
-            _give_block(block.buffer)
+            for block in blocks:
+                _give_block(block.buffer)
+
+    def _write_consecutive(self, blocks: tuple[Block, ...]) -> None:
+        offset = end = blocks[0].offset
+        views = []
+        for block in blocks:
+            if block.offset != end:
+                raise ValueError(f"staged blocks out of order: one at {block.offset}, expected {end}")
+            views.append(memoryview(block.buffer)[:block.length])  # pooled buffers are never closed
+            end += block.length
+        written = 0
+        while offset + written < end:
+            try:
+                count = os.pwritev(self._fd, _after(views, written), offset + written)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self._direct:
+                    raise
+                self._stop_direct_io()  # taken at open, refused at the write (some file systems)
+                continue
+            if count <= 0:
+                raise OSError(errno.EIO, f"write of {end - offset} bytes stopped after {written}")
+            written += count
+
+    def stage_end(self) -> list[Block]:
+        """The last, partly filled block, padded with zeros to the alignment when direct (:meth:`finish`
+        cuts the padding off); nothing when the staged bytes ended on a block boundary."""
+        if self._block is None:
+            return []
+        block, self._block = self._block, None
+        length = self._filled
+        if self._direct:
+            length = -(-length // DIRECT_IO_ALIGNMENT) * DIRECT_IO_ALIGNMENT
+            block[self._filled:length] = bytes(length - self._filled)
+        return [Block(block, self.size - self._filled, length)]
 
     def finish(self) -> Path:
         """Write what is left, cut the padding, fsync and close; the file's path."""
-        if self._block is not None:
-            block, self._block = self._block, None
-            length = self._filled
-            if self._direct:  # pad to the alignment with zeros; cut off below
-                length = -(-length // DIRECT_IO_ALIGNMENT) * DIRECT_IO_ALIGNMENT
-                block[self._filled:length] = bytes(length - self._filled)
-            self.write(Block(block, self.size - self._filled, length))
+        self.write(*self.stage_end())
         os.ftruncate(self._fd, self.size)
         os.fsync(self._fd)
         self._close()
@@ -271,8 +297,7 @@ class InstanceStore:
         tmp = TempFile(self)
         try:
             tmp.open()
-            for block in tmp.stage(data):
-                tmp.write(block)
+            tmp.write(*tmp.stage(data))
             return tmp.finish()
         except BaseException:
             tmp.discard()
@@ -332,6 +357,15 @@ class InstanceStore:
             except FileExistsError:
                 continue
             _fsync_dir(path.parent)
+
+
+def _after(views: list[memoryview], skip: int) -> list[memoryview]:
+    """``views`` without their first ``skip`` bytes (what is left after a short write)."""
+    for index, view in enumerate(views):
+        if skip < len(view):
+            return [view[skip:], *views[index + 1:]]
+        skip -= len(view)
+    return []
 
 
 def _fsync_dir(directory: Path) -> None:

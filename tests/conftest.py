@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import upgrade
 from db.session import make_engine, make_sessionmaker
+from listener.storage import InstanceStore
 from ops.dcmtk import find_dcmtk
 from tests.services import ensure_postgres
 
@@ -71,6 +72,26 @@ def wait_until(condition: Callable[[], object], seconds: float = 10.0) -> bool:
     return bool(condition())
 
 
+def tmp_folder_empties(store: InstanceStore) -> bool:
+    """Whether the listener's temporary folder is (soon) empty: each association keeps the file of its
+    next C-STORE there until it closes, which happens just after the sender has its answer."""
+    return wait_until(lambda: not any(store.tmp_dir.iterdir()))
+
+
+@pytest.fixture
+def pwritev_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of buffers of each vectored write from now on."""
+    calls: list[int] = []
+    real_pwritev = os.pwritev
+
+    def counting_pwritev(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(len(buffers))
+        return real_pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", counting_pwritev)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     try:
@@ -118,7 +139,6 @@ def listener_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     from pynetdicom import _config as pynetdicom_config
 
     from listener.server import Listener
-    from listener.storage import InstanceStore
 
     monkeypatch.setattr(pynetdicom_config, "LOG_HANDLER_LEVEL", "none")
 

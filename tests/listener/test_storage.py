@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from listener.storage import DIRECT_IO_ALIGNMENT, TEMP_BLOCK, InstanceStore
+from listener import storage
+from listener.storage import DIRECT_IO_ALIGNMENT, TEMP_BLOCK, InstanceStore, TempFile
 from tests.mounts import mounted
 
 # around every boundary the direct writer pads, cuts or splits at
@@ -80,3 +81,40 @@ def test_prefetch_skips_files_that_are_gone(tmp_path: Path) -> None:
     store.write(b"DICM" * 1000, rel)
     store.prefetch([store.root / rel, store.root / "1.2.3" / "1.2.3.4" / "gone.dcm", store.root])
     assert (store.root / rel).read_bytes() == b"DICM" * 1000
+
+
+def test_staged_blocks_are_written_together_and_only_in_order(tmp_path: Path, pwritev_calls: list[int]) -> None:
+    store = InstanceStore(tmp_path / "store")
+    data = os.urandom(5 * TEMP_BLOCK + 12_345)
+    tmp = TempFile(store)
+    tmp.open()
+    blocks = tmp.stage(data)
+    assert len(blocks) == 5
+    tmp.write(*blocks)  # five blocks, one call
+    assert pwritev_calls == [5]
+    assert tmp.finish().read_bytes() == data
+    store.discard(tmp.path)
+
+    tmp = TempFile(store)
+    tmp.open()
+    first, second = tmp.stage(os.urandom(2 * TEMP_BLOCK))
+    with pytest.raises(ValueError, match="out of order"):
+        tmp.write(second, first)
+    tmp.discard()
+    assert not any(store.tmp_dir.iterdir())
+
+
+def test_more_blocks_than_one_call_takes_are_written_in_several(tmp_path: Path, pwritev_calls: list[int],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store = InstanceStore(tmp_path / "store")
+    monkeypatch.setattr(storage, "_IOV_MAX", 3)
+    data = os.urandom(7 * DIRECT_IO_ALIGNMENT + 100)
+    tmp = TempFile(store)
+    tmp.open()
+    pages = [block for i in range(0, len(data), DIRECT_IO_ALIGNMENT)  # one page at a time, as a slow sender's
+             for block in tmp.stage(data[i:i + DIRECT_IO_ALIGNMENT], eager=True)]
+    assert len(pages) == 7
+    tmp.write(*pages)
+    assert pwritev_calls == [3, 3, 1]
+    assert tmp.finish().read_bytes() == data
+    store.discard(tmp.path)

@@ -15,9 +15,10 @@ from db.models import Instance
 from db.session import make_engine, make_sessionmaker
 from listener import statuses
 from listener.records import RecordingTransaction
+from listener.storage import InstanceStore
 from ops.bench.series import copy_with_new_identity, new_uid
 from tests.badinput.corpus import encode_data_set
-from tests.conftest import require_tools
+from tests.conftest import require_tools, tmp_folder_empties
 from tests.dcmtk import echoscu
 from tests.pynetdicom_scu import send_files, write_raw_instance
 from tests.services import free_port
@@ -25,6 +26,13 @@ from tests.services import free_port
 
 def _files_under(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
+
+
+def _files_left(store: InstanceStore) -> list[Path]:
+    """The files under the storage root once the associations closed (each keeps the empty file of
+    its next C-STORE under tmp/ until then)."""
+    tmp_folder_empties(store)
+    return _files_under(store.root)
 
 
 def test_malformed_data_set_gets_a_failure_and_the_next_association_works(
@@ -44,7 +52,7 @@ def test_malformed_data_set_gets_a_failure_and_the_next_association_works(
     assert send_files(listener.port, [good]) == [statuses.SUCCESS]
     with sessions() as session:
         assert session.scalar(select(func.count(Instance.id))) == 1
-    assert len(_files_under(listener.store.root)) == 1
+    assert len(_files_left(listener.store)) == 1
 
 
 @pytest.mark.parametrize("crafted", ["../../../escaped", "1.2.3/../../../escaped", "/tmp/escaped", "1.2..3"])
@@ -59,7 +67,7 @@ def test_uid_with_path_characters_cannot_write_outside_the_root(
     ds.SeriesInstanceUID = crafted
     hostile = write_raw_instance(tmp_path / "hostile.dcm", crafted, encode_data_set(ds))
     assert send_files(listener.port, [hostile]) == [statuses.INVALID_UID]
-    assert _files_under(listener.store.root) == []
+    assert _files_left(listener.store) == []
     assert not list(tmp_path.parent.rglob("escaped*"))
     assert not Path("/tmp/escaped").exists()
     with sessions() as session:
@@ -73,7 +81,7 @@ def test_request_and_data_set_disagreeing_is_refused(
     ds = pydicom.dcmread(copy_with_new_identity(ct_files[0], tmp_path / "a.dcm"))
     lying = write_raw_instance(tmp_path / "lying.dcm", new_uid(), encode_data_set(ds))
     assert send_files(listener.port, [lying]) == [statuses.DATASET_MISMATCH]
-    assert _files_under(listener.store.root) == []
+    assert _files_left(listener.store) == []
 
 
 def test_database_unavailable_answers_out_of_resources_and_leaves_no_file(
@@ -85,7 +93,7 @@ def test_database_unavailable_answers_out_of_resources_and_leaves_no_file(
     listener = listener_factory(make_sessionmaker(dead))
     instance = copy_with_new_identity(ct_files[0], tmp_path / "one.dcm")
     assert send_files(listener.port, [instance]) == [statuses.OUT_OF_RESOURCES]
-    assert _files_under(listener.store.root) == []
+    assert _files_left(listener.store) == []
     scenario_report("database unavailable", sent=1, acknowledged=0, stored=0, lost=0, duplicated=0,
                     note="answered 0xA700, no orphan file")
 
@@ -111,7 +119,7 @@ def test_commit_comes_after_the_file_is_placed_and_a_failed_commit_removes_it(
     assert len(seen_at_commit) == 1 and [p.name for p in seen_at_commit[0]] == [
         pydicom.dcmread(instance, stop_before_pixels=True).SOPInstanceUID + ".dcm"]
     # ... and nothing is left once the commit failed: no file, no temporary file, no row
-    assert _files_under(listener.store.root) == []
+    assert _files_left(listener.store) == []
     with sessions() as session:
         assert session.scalar(select(func.count(Instance.id))) == 0
     # the sender's retry stores it

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,9 @@ from db.models import Instance
 from listener import statuses
 from listener.reactor import presentation_data_values
 from listener.storage import InstanceStore
+from listener.streaming import InstanceStream
 from ops.bench.series import build_ct_series
-from tests.conftest import require_tools, wait_until
+from tests.conftest import require_tools, tmp_folder_empties, wait_until
 from tests.dcmtk import storescu
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -74,7 +78,7 @@ def test_data_sets_from_dcmtk_are_written_while_they_arrive(
         sent = pydicom.dcmread(path)
         stored = pydicom.dcmread(listener.store.absolute(rows[sent.SOPInstanceUID]))
         assert stored == sent  # every element, pixel data included
-    assert not any(listener.store.tmp_dir.iterdir())
+    assert tmp_folder_empties(listener.store), list(listener.store.tmp_dir.iterdir())
 
 
 def test_an_association_aborted_mid_data_set_leaves_no_temporary_file(
@@ -116,7 +120,7 @@ def test_a_data_set_starting_in_the_command_pdu_is_written_from_memory(
         path = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop_uid))
     assert path is not None
     assert pydicom.dcmread(listener.store.absolute(path)) == pydicom.dcmread(axial_ct_files[0])
-    assert not any(listener.store.tmp_dir.iterdir())
+    assert tmp_folder_empties(listener.store), list(listener.store.tmp_dir.iterdir())
 
 
 def _pdu(*items: bytes) -> bytearray:
@@ -138,3 +142,49 @@ def test_p_data_items_are_read_in_place_only_when_they_fill_the_pdu_exactly() ->
     assert presentation_data_values(_pdu(_item(1, b""))) is None  # no message control header
     assert presentation_data_values(_pdu(_item(1, b"\x00data"))[:-1]) is None  # item longer than the PDU
     assert presentation_data_values(_pdu(_item(1, b"\x00data"), b"\x00\x00")) is None  # trailing bytes
+
+
+def test_fragments_staged_while_the_disk_is_busy_are_written_in_one_call(
+    tmp_path: Path, pwritev_calls: list[int],
+) -> None:
+    store = InstanceStore(tmp_path / "store")
+    io = ThreadPoolExecutor(max_workers=1)
+    busy = threading.Event()
+    io.submit(busy.wait)  # the association's I/O thread still writing the previous data set
+    stream = InstanceStream(store, io)
+    prefix, fragments = b"\x00" * 128 + b"DICM", [os.urandom(130_000) for _ in range(8)]
+    stream.begin(prefix)
+    for fragment in fragments:
+        stream.feed(fragment)
+    finishing = stream.finish()
+    busy.set()
+    written = finishing.result(timeout=30)
+    assert written.read_bytes() == prefix + b"".join(fragments)
+    assert len(pwritev_calls) == 1  # whatever was staged, in one call with the last block
+    store.discard(written)
+    io.shutdown()
+
+
+def test_the_next_data_set_file_is_created_while_the_association_waits_for_it(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path,
+    axial_ct_files: list[Path],
+) -> None:
+    listener = listener_factory(sessions)
+    first, second = build_ct_series(axial_ct_files, tmp_path / "study", 2)
+    assoc = _associate(listener.port)
+    try:
+        assert assoc.send_c_store(pydicom.dcmread(first)).Status == statuses.SUCCESS
+        assert wait_until(lambda: len(list(listener.store.tmp_dir.iterdir())) == 1)
+        (spare,) = listener.store.tmp_dir.iterdir()
+        inode = spare.stat().st_ino
+        assert assoc.send_c_store(pydicom.dcmread(second)).Status == statuses.SUCCESS
+    finally:
+        assoc.release()
+    second_uid = pydicom.dcmread(second).SOPInstanceUID
+    with sessions() as session:
+        path = session.scalar(select(Instance.path).where(Instance.sop_instance_uid == second_uid))
+    assert path is not None
+    stored = listener.store.absolute(path)
+    assert stored.stat().st_ino == inode  # the file made ahead became the second instance
+    assert pydicom.dcmread(stored) == pydicom.dcmread(second)
+    assert tmp_folder_empties(listener.store), list(listener.store.tmp_dir.iterdir())
