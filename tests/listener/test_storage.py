@@ -4,13 +4,15 @@ system refuses O_DIRECT, through the page cache."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from listener import storage
-from listener.storage import DIRECT_IO_ALIGNMENT, TEMP_BLOCK, InstanceStore, TempFile
+from listener.storage import DIRECT_IO_ALIGNMENT, TEMP_BLOCK, InstanceStore, TempFile, mark_top_of_hierarchy
 from tests.mounts import mounted
 
 # around every boundary the direct writer pads, cuts or splits at
@@ -118,3 +120,30 @@ def test_more_blocks_than_one_call_takes_are_written_in_several(tmp_path: Path, 
     assert pwritev_calls == [3, 3, 1]
     assert tmp.finish().read_bytes() == data
     store.discard(tmp.path)
+
+
+def _attributes(directory: Path) -> str:
+    """The ext2/3/4 attribute letters of a folder, as ``lsattr`` prints them."""
+    result = subprocess.run(["lsattr", "-d", str(directory)], capture_output=True, text=True, check=False)
+    return result.stdout.split()[0] if result.returncode == 0 and result.stdout else ""
+
+
+def test_the_storage_root_spreads_its_folders_where_the_file_system_can(tmp_path: Path, ramfs: Path) -> None:
+    if shutil.which("lsattr") is None or not _attributes(tmp_path):
+        pytest.skip("no ext2/3/4 under the test folder (or no lsattr) to read the attribute back")
+    store = InstanceStore(tmp_path / "store")
+    assert "T" in _attributes(store.root)  # set before tmp/ was made below it
+    assert "T" not in _attributes(store.tmp_dir)
+    assert mark_top_of_hierarchy(store.root)  # already marked: nothing to change
+    assert not mark_top_of_hierarchy(ramfs)  # no such attribute there: said, not raised
+    assert InstanceStore(ramfs / "store").tmp_dir.is_dir()
+
+
+def test_cleaning_the_temporary_folder_makes_it_anew_unless_it_holds_a_folder(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store")
+    (store.tmp_dir / "left-by-a-crash.part").write_bytes(b"DICM")
+    assert store.clean_tmp() == 1
+    assert store.tmp_dir.is_dir() and not any(store.tmp_dir.iterdir())
+    (store.tmp_dir / "not-ours").mkdir()
+    assert store.clean_tmp() == 0
+    assert (store.tmp_dir / "not-ours").is_dir()
