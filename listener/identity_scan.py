@@ -60,7 +60,7 @@ class _NotPlain(Exception):
 
 
 class _Walk:
-    def __init__(self, data: bytes, implicit: bool, little: bool) -> None:
+    def __init__(self, data: bytes | memoryview, implicit: bool, little: bool) -> None:
         self.data = data
         self.implicit = implicit
         order = "<" if little else ">"
@@ -108,7 +108,7 @@ class _Walk:
             if top and tag in IDENTITY_TAGS:
                 self.found[tag] = (vr or _IMPLICIT_VR[tag], pos, value_end)
             elif tag == _CHARSET:
-                self.charsets.append(data[pos:value_end])
+                self.charsets.append(bytes(data[pos:value_end]))
             pos = value_end
         if pos != limit:
             raise _NotPlain
@@ -168,7 +168,8 @@ def _value(raw: bytes, expected_vr: bytes, vr: bytes) -> str:
     return text
 
 
-def scan_identity(data: bytes, implicit_vr: bool, little_endian: bool) -> dict[str, str | None] | None:
+def scan_identity(data: bytes | memoryview, implicit_vr: bool, little_endian: bool,
+                  ) -> dict[str, str | None] | None:
     """The identifying values by keyword (None where absent, ``""`` where empty) of a data set whose
     structure is plain and complete, or None where pydicom has to read it (see the module's docstring)."""
     walk = _Walk(data, implicit_vr, little_endian)
@@ -179,7 +180,7 @@ def scan_identity(data: bytes, implicit_vr: bool, little_endian: bool) -> dict[s
         values: dict[str, str | None] = dict.fromkeys(IDENTITY_KEYWORDS)
         for tag, (vr, start, stop) in walk.found.items():
             name, expected_vr = IDENTITY_TAGS[tag]
-            values[name] = _value(data[start:stop], expected_vr, vr)
+            values[name] = _value(bytes(data[start:stop]), expected_vr, vr)
         return values
     except (_NotPlain, struct.error, LookupError, ValueError):
         return None

@@ -31,7 +31,7 @@ def _pydicom_outcome(dataset: bytes, syntax: UID) -> Any:
         return type(exc)
 
 
-def _scan_outcome(dataset: bytes, syntax: UID) -> Any:
+def _scan_outcome(dataset: bytes | memoryview, syntax: UID) -> Any:
     values = scan_identity(dataset, syntax.is_implicit_VR, syntax.is_little_endian)
     if values is None:
         return None
@@ -66,6 +66,8 @@ def test_real_files_are_scanned_to_pydicom_values(shared_data: Path) -> None:
         scanned = _scan_outcome(seed.dataset, syntax)
         assert scanned is not None, f"{path.name}: a real file left to pydicom"
         assert scanned == _pydicom_outcome(seed.dataset, syntax), path.name
+        # the listener scans the received buffer itself, not a copy of it
+        assert _scan_outcome(memoryview(seed.dataset), syntax) == scanned, path.name
 
 
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian])
