@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from db.session import make_engine, make_sessionmaker
-from listener.service import build_listener, wait_for_signal
+from listener.service import build_listener, freeze_startup_heap, wait_for_signal
 from ops.config import ConfigError, load_settings
 from ops.logs import configure
 
@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url, durable=settings.durable_commit))
     listener, _ = build_listener(settings, sessions, first=False)
     listener.start()
+    freeze_startup_heap()
     try:
         wait_for_signal()
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -55,6 +56,18 @@ def build_listener(settings: Settings, sessions: sessionmaker[Session], *, first
                                 ceiling_seconds=settings.completion_ceiling_seconds,
                                 interval=settings.sweep_interval)
     return listener, sweeper
+
+
+def freeze_startup_heap() -> None:
+    """Leave the objects start-up made (modules, the SQLAlchemy and Celery set-up) out of every later
+    garbage collection: they live as long as the process.
+
+    Python's full collection walks every tracked object: in a ``triage listen`` process that is about
+    100,000 of them, and the one full collection that came during 1,000 C-STOREs held every thread for
+    62-82 ms (one CT slice answered that much later); frozen first, 7 ms.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def wait_for_signal() -> None:

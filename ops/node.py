@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from listener.service import build_listener, wait_for_signal
+from listener.service import build_listener, freeze_startup_heap, wait_for_signal
 from ops.config import Settings
 from ops.logs import event
 
@@ -51,6 +51,7 @@ def run_node(settings: Settings, *, with_worker: bool, grace_seconds: float = 30
     dispatcher.start()
     for child in children:
         child.start()
+    freeze_startup_heap()
     try:
         wait_for_signal()
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import Instance, OutboxMessage, Study, StudyState
 from db.session import make_engine, make_sessionmaker
 from listener.completion import CompletionSweeper
+from listener.service import freeze_startup_heap
 from ops.bench.series import build_ct_series, new_uid
 from ops.dcmtk import dcmtk
 from tests.conftest import REPO, require_tools
@@ -141,3 +143,11 @@ def test_readme_run_command_starts_a_node_with_embedded_defaults(tmp_path: Path)
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+def test_startup_objects_are_left_out_of_later_collections() -> None:
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > 10_000  # this test process's modules, at least
+    finally:
+        gc.unfreeze()
