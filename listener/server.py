@@ -5,9 +5,10 @@ The C-STORE path (see DESIGN.md, listener/):
 1. The received data set is taken as pynetdicom received it (the request's encoded bytes), never
    decoded and re-encoded: what is stored is byte for byte what was sent, behind the node's own file
    meta (``listener.filemeta``).
-2. Those bytes reach a new file under ``<storage>/tmp`` while they arrive: each fragment is staged as
-   its PDU is read and written by the association's I/O thread (``listener.streaming``), and the file
-   is fsynced as the last one comes in. A data set that was not streamed is written from memory by
+2. Those bytes reach a new file under ``<storage>/tmp`` while they arrive (made as the association's
+   previous C-STORE was answered): each fragment is staged as its PDU is read, and written with what
+   else is staged by the association's I/O thread (``listener.streaming``), and the file is fsynced
+   as the last one comes in. A data set that was not streamed is written from memory by
    the handler. Meanwhile the handler parses the identifying attributes and checks every UID, then
    runs the row's statements (not yet committed; ``listener.records``, on the DB-API connection);
    only if the unique index refuses the row (a re-send) is the instance looked up. A refused instance

@@ -4,9 +4,12 @@ pynetdicom assembles a received data set in memory and hands it to the handler o
 PDU is in; the handler then wrote the whole file and fsynced it before it could answer. On one
 association the sender waits for that answer, so the write (1.1-1.7 ms of a 0.5 MB CT slice) was
 added to every instance. Here each data set fragment is also staged into a
-:class:`listener.storage.TempFile` as it arrives, in the DUL thread, and its whole pages are written by
-the association's own I/O thread; the last fragment starts the last write and the fsync, which then
-run while pynetdicom decodes the message and the handler checks it.
+:class:`listener.storage.TempFile` as it arrives, in the DUL thread, and the association's own I/O
+thread writes whatever whole pages are staged, in one call (a disk that fell behind the network
+catches up in one write, not one per fragment); the last fragment starts the last write and the
+fsync, which then run while pynetdicom decodes the message and the handler checks it. The file itself
+is created before the request arrives, as the previous C-STORE of the association is answered:
+creating a file can cost more than writing a CT slice directly.
 
 Nothing else changes: the bytes in memory are still what the handler checks, the file still gets its
 final name only after that check (``listener.server``), and a write error still reaches the handler
