@@ -342,8 +342,8 @@ class InstanceStore:
         """Remove temporary files left by a crash; returns how many. Call before serving only.
 
         The emptied folder is made anew, so that the file system places it as it places a new folder
-        below the root now (:func:`mark_top_of_hierarchy`): a store made before the root was marked,
-        or whose folder's area of the disk has filled up, gets it where new files are cheap to create.
+        below the root now: a store made before the root was marked (:func:`mark_top_of_hierarchy`)
+        gets its ``tmp/`` where a marked root's new folders go.
         """
         removed = 0
         for path in self.tmp_dir.iterdir():
