@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.models import Instance
 from listener import statuses
 from ops.bench.series import build_ct_series
+from tests.conftest import tmp_folder_empties
 from tests.mounts import mounted
 from tests.pynetdicom_scu import send_files
 
@@ -40,7 +41,7 @@ def test_disk_full_answers_out_of_resources_and_recovers(
     assert set(refused) == {statuses.OUT_OF_RESOURCES}
     # no partial file: every file under the root is a recorded, complete instance
     stored = [p for p in small_disk.rglob("*.dcm")]
-    assert not any((small_disk / "tmp").iterdir())
+    assert tmp_folder_empties(listener.store), list(listener.store.tmp_dir.iterdir())
     with sessions() as session:
         assert session.scalar(select(func.count(Instance.id))) == len(accepted) == len(stored)
         sizes = dict(session.execute(select(Instance.path, Instance.size_bytes)).all())
