@@ -7,7 +7,9 @@ store SCP is seven fixed elements in Implicit VR Little Endian (PS3.7 9.3.1.2), 
 (a status, no error comment, no offending element) is packed here with ``struct``, in the element
 order and padding pynetdicom uses; ``tests/listener/test_store_response.py`` checks the bytes
 against pynetdicom's own encoding. Every other message, and every response while someone listens
-to ``EVT_DIMSE_SENT`` (which hands out pynetdicom's message object), goes through pynetdicom.
+to ``EVT_DIMSE_SENT`` (which hands out pynetdicom's message object), goes through pynetdicom. The
+packed response is sent as an encoded P-DATA-TF from the handler's thread where the association's
+DUL allows it (``listener.reactor.WakingDUL.send_now``), and otherwise queued for the DUL as before.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-__all__ = ["PackingDIMSEProvider", "is_plain_store_response", "store_response_command_set"]
+__all__ = ["PackingDIMSEProvider", "is_plain_store_response", "p_data_tf", "store_response_command_set"]
 
 _C_STORE_RSP = 0x8001
 _NO_DATA_SET = 0x0101
@@ -51,6 +53,13 @@ def store_response_command_set(sop_class_uid: object, message_id: int, status: i
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
+def p_data_tf(context_id: int, fragment: bytes) -> bytes:
+    """An encoded P-DATA-TF PDU of one presentation data value item (PS3.8 9.3.5): ``fragment`` is its
+    message control header and the bytes after it."""
+    item = struct.pack(">LB", len(fragment) + 1, context_id) + fragment
+    return struct.pack(">BBL", 0x04, 0x00, len(item)) + item
+
+
 def is_plain_store_response(primitive: Any) -> bool:
     """A C-STORE response carrying a status only: what the listener answers to every C-STORE."""
     return (
@@ -77,6 +86,9 @@ class PackingDIMSEProvider(DIMSEServiceProvider):
         max_pdu = self.maximum_pdu_size
         if max_pdu and len(command_set) + 6 > max_pdu:  # a peer with a tiny PDU: pynetdicom fragments it
             super().send_msg(primitive, context_id)
+            return
+        send_now = getattr(self.dul, "send_now", None)  # listener.reactor.WakingDUL
+        if send_now is not None and send_now(p_data_tf(context_id, _LAST_COMMAND_FRAGMENT + command_set)):
             return
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, _LAST_COMMAND_FRAGMENT + command_set))

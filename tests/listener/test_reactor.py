@@ -2,7 +2,8 @@
 
 Throughput is the ingest benchmark's business; these tests check that waiting for events instead of
 polling lost none of the association's exits: a peer that connects and leaves, a peer that goes
-silent past the network timeout, a peer that aborts, many C-STOREs on one association.
+silent past the network timeout, a peer that aborts, many C-STOREs on one association; and that
+C-STORE responses sent past the DUL's queue keep their order and give way to anyone listening.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pynetdicom import AE
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance
-from listener.reactor import WakingAssociation
+from listener.reactor import WakingAssociation, WakingDUL
 from tests.conftest import require_tools, wait_until
 from tests.dcmtk import echoscu
 
@@ -90,3 +94,54 @@ def test_many_stores_and_echoes_on_one_association_are_each_answered(
     with sessions() as session:
         assert session.scalar(select(func.count(Instance.id))) == len({d.SOPInstanceUID for d in datasets})
 
+
+
+@pytest.fixture
+def sent_pdus(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How many P-DATA PDUs the listener's DULs sent from the handler's thread, and how many they queued."""
+    counts = {"now": 0, "queued": 0}
+    send_now, send_pdu = WakingDUL.send_now, WakingDUL.send_pdu
+
+    def counting_send_now(self: WakingDUL, encoded: bytes) -> bool:
+        sent = send_now(self, encoded)
+        counts["now"] += sent
+        return sent
+
+    def counting_send_pdu(self: WakingDUL, primitive: Any) -> None:
+        counts["queued"] += isinstance(primitive, P_DATA)
+        send_pdu(self, primitive)
+
+    monkeypatch.setattr(WakingDUL, "send_now", counting_send_now)
+    monkeypatch.setattr(WakingDUL, "send_pdu", counting_send_pdu)
+    return counts
+
+
+def test_store_responses_leave_from_the_handler_thread_and_echo_responses_through_the_queue(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], ct_files: list[Path],
+    sent_pdus: dict[str, int],
+) -> None:
+    listener = listener_factory(sessions)
+    datasets = [pydicom.dcmread(path) for path in ct_files[:4]]
+    assoc = _scu().associate("127.0.0.1", listener.port, ae_title="TRIAGE")
+    answers = []
+    for dataset in datasets:  # each answer must be the one to its own request, in turn
+        answers.append(("echo", assoc.send_c_echo().Status))
+        answers.append(("store", assoc.send_c_store(dataset).Status))
+    assoc.release()
+    assert answers == [("echo", 0), ("store", 0)] * len(datasets)
+    assert sent_pdus == {"now": len(datasets), "queued": len(datasets)}
+
+
+def test_with_someone_listening_to_sent_pdus_store_responses_go_through_the_dul(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], ct_files: list[Path],
+    sent_pdus: dict[str, int],
+) -> None:
+    listener = listener_factory(sessions)
+    assoc = _scu().associate("127.0.0.1", listener.port, ae_title="TRIAGE")
+    (accepted,) = listener.ae.active_associations
+    seen: list[Any] = []
+    accepted.bind(evt.EVT_PDU_SENT, lambda event: seen.append(event.pdu))
+    assert assoc.send_c_store(pydicom.dcmread(ct_files[0])).Status == 0x0000
+    assoc.release()
+    assert sent_pdus == {"now": 0, "queued": 1}
+    assert [type(pdu) for pdu in seen if isinstance(pdu, P_DATA_TF)] == [P_DATA_TF]

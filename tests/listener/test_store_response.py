@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
 from listener import statuses
-from listener.store_response import is_plain_store_response, store_response_command_set
+from listener.store_response import (
+    is_plain_store_response,
+    p_data_tf,
+    store_response_command_set,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -52,3 +58,11 @@ def test_a_response_with_error_details_is_left_to_pynetdicom() -> None:
     primitive = _response("1.2.3", 7, 0xA900)
     primitive.OffendingElement = [0x00080018]
     assert not is_plain_store_response(primitive)
+
+
+@pytest.mark.parametrize("context_id", [1, 127, 255])
+def test_the_pdu_sent_from_the_handler_thread_is_pynetdicoms_p_data_tf(context_id: int) -> None:
+    fragment = b"\x03" + store_response_command_set(CT, 9, 0, "1.2.3.4")
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, fragment))
+    assert p_data_tf(context_id, fragment) == P_DATA_TF(primitive).encode()
