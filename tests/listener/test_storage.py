@@ -15,7 +15,7 @@ from listener import storage
 from listener.storage import DIRECT_IO_ALIGNMENT, TEMP_BLOCK, InstanceStore, TempFile, mark_top_of_hierarchy
 from tests.mounts import mounted
 
-# around every boundary the direct writer pads, cuts or splits at
+# around every boundary the direct writer splits at (whole pages direct, the rest through the cache)
 SIZES = [0, 1, DIRECT_IO_ALIGNMENT - 1, DIRECT_IO_ALIGNMENT, DIRECT_IO_ALIGNMENT + 1, 530_000,
          TEMP_BLOCK - 1, TEMP_BLOCK, TEMP_BLOCK + DIRECT_IO_ALIGNMENT + 3]
 
@@ -37,6 +37,27 @@ def test_placed_files_hold_exactly_the_bytes_written(tmp_path: Path, direct_io: 
         assert (store.root / rel).read_bytes() == data, size
     assert store.direct_io is (direct_io and hasattr(os, "O_DIRECT"))  # tmp_path's file system takes it
     assert not any(store.tmp_dir.iterdir())
+
+
+def test_direct_files_are_never_written_past_their_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes after the last whole page go through the page cache: no padding to cut off afterwards."""
+    store = InstanceStore(tmp_path / "store")
+
+    def no_truncate(fd: int, length: int) -> None:
+        raise AssertionError(f"ftruncate({length}): the file was written past its end")
+
+    monkeypatch.setattr(os, "ftruncate", no_truncate)
+    for size in SIZES:
+        data = os.urandom(size)
+        tmp = TempFile(store)
+        tmp.open()
+        # as a stream stages it: fragment by fragment, whole pages written as they fill
+        for start in range(0, size, 40_000):
+            tmp.write(*tmp.stage(data[start:start + 40_000], eager=True))
+        path = tmp.finish()
+        assert path.read_bytes() == data, size
+        store.discard(path)
+    assert store.direct_io
 
 
 def test_memoryview_of_a_larger_buffer_is_written_as_its_own_bytes(tmp_path: Path) -> None:
