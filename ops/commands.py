@@ -89,7 +89,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from ops.bench.ingest import run_ingest_benchmark
 
-    return run_ingest_benchmark(count=args.count, shared_data=args.data, keep=args.keep, senders=args.senders)
+    return run_ingest_benchmark(count=args.count, shared_data=args.data, keep=args.keep, rounds=args.rounds,
+                                senders=args.senders)
 
 
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
@@ -184,6 +185,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ingest.add_argument("-n", "--count", type=int, default=500)
     ingest.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
     ingest.add_argument("--keep", action="store_true", help="keep the temporary folders")
+    ingest.add_argument("--rounds", type=int, default=4,
+                        help="rounds, each sending to every receiver in turn, the order reversed every other "
+                             "round (default 4)")
     ingest.add_argument("--senders", type=int, default=1,
                         help="storescu processes sending at once, one association each (default 1; storescp then "
                              "runs with --fork)")
