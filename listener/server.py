@@ -14,7 +14,8 @@ The C-STORE path (see DESIGN.md, listener/):
    only if the unique index refuses the row (a re-send) is the instance looked up. A refused instance
    gets its failure status and its temporary file is removed: it never reaches a final name.
 3. Once the temporary file is fsynced it is renamed to ``<storage>/<study>/<series>/<instance>.dcm``
-   and the directory fsynced; only then is the row committed, and only then is Success answered.
+   and the directory fsynced; only then is the row committed, and only then is Success answered, by
+   the handler itself as soon as the commit returns (``StreamingDIMSEProvider.answer_now``).
    A full disk (ENOSPC) or a failed commit removes what was written and answers 0xA700 (retry later).
    Overlapping the file's write and fsync with the transfer, the parse and the statements is what the
    ingest benchmark measured as worth keeping (``ops/bench/ingest.py``); the order on disk is unchanged.
@@ -40,7 +41,7 @@ import ssl
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -332,12 +333,19 @@ class Listener:
         calling_ae = str(event_.assoc.requestor.ae_title).strip()
         transfer_syntax = str(event_.context.transfer_syntax)
         dimse = event_.assoc.dimse
-        stream = dimse.take_stream(request.MessageID) if isinstance(dimse, StreamingDIMSEProvider) else None
+        stream, answer = None, None
+        if isinstance(dimse, StreamingDIMSEProvider):
+            stream = dimse.take_stream(request.MessageID)
+            context_id = event_.context.context_id
+
+            def answer(status: int) -> None:
+                dimse.answer_now(request, context_id, status)
         # the received bytes themselves, not a copy (getvalue() would copy half a megabyte per CT slice)
-        return self._store(request.DataSet.getbuffer(), request, transfer_syntax, calling_ae, started, stream)
+        return self._store(request.DataSet.getbuffer(), request, transfer_syntax, calling_ae, started, stream,
+                           answer)
 
     def _store(self, dataset: memoryview, request: Any, transfer_syntax: str, calling_ae: str, started: float,
-               stream: InstanceStream | None = None) -> int:
+               stream: InstanceStream | None = None, answer: Callable[[int], None] | None = None) -> int:
         # The bytes reach a temporary file (write, fsync) in an I/O thread while this thread checks
         # them and writes the row; the file is renamed into place only if they pass, and the row is
         # committed only after that. Whatever happens, nothing is left under tmp/ once this returns.
@@ -354,7 +362,8 @@ class Listener:
             size = len(meta) + len(dataset)
             writing = self._placer().submit(self.store.write_temp, b"".join((meta, dataset)))
         try:
-            return self._check_and_record(dataset, size, writing, request, transfer_syntax, calling_ae, started)
+            return self._check_and_record(dataset, size, writing, request, transfer_syntax, calling_ae, started,
+                                          answer)
         finally:
             try:
                 tmp = writing.result()
@@ -364,7 +373,8 @@ class Listener:
                 self.store.discard(tmp)  # a no-op once it was renamed into place
 
     def _check_and_record(self, dataset: memoryview, size: int, writing: Future[Path], request: Any,
-                          transfer_syntax: str, calling_ae: str, started: float) -> int:
+                          transfer_syntax: str, calling_ae: str, started: float,
+                          answer: Callable[[int], None] | None = None) -> int:
         try:
             sop_uid = check_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
             meta = read_instance_meta(dataset, transfer_syntax)
@@ -390,6 +400,8 @@ class Listener:
                     # durable file (fsync, rename, directory fsync) before the row is committed
                     self.store.place(writing.result(), rel)
                     transaction.commit()
+                    if answer is not None:  # durable: the sender has its Success while this one tidies up
+                        answer(statuses.SUCCESS)
                 except recorder.driver_errors.IntegrityError:
                     # Already recorded: a re-send, or another association a moment ago (its file was
                     # placed before its row was committed). The unique index refused the row before

@@ -80,16 +80,28 @@ class PackingDIMSEProvider(DIMSEServiceProvider):
         if not is_plain_store_response(primitive) or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             super().send_msg(primitive, context_id)
             return
-        command_set = store_response_command_set(primitive.AffectedSOPClassUID,
-                                                 primitive.MessageIDBeingRespondedTo, primitive.Status,
-                                                 primitive.AffectedSOPInstanceUID)
-        max_pdu = self.maximum_pdu_size
-        if max_pdu and len(command_set) + 6 > max_pdu:  # a peer with a tiny PDU: pynetdicom fragments it
+        fragment = self._packed_response(primitive.AffectedSOPClassUID, primitive.MessageIDBeingRespondedTo,
+                                         primitive.Status, primitive.AffectedSOPInstanceUID)
+        if fragment is None:  # a peer with a tiny PDU: pynetdicom fragments it
             super().send_msg(primitive, context_id)
             return
-        send_now = getattr(self.dul, "send_now", None)  # listener.reactor.WakingDUL
-        if send_now is not None and send_now(p_data_tf(context_id, _LAST_COMMAND_FRAGMENT + command_set)):
+        if self._send_now(context_id, fragment):
             return
         pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, _LAST_COMMAND_FRAGMENT + command_set))
+        pdata.presentation_data_value_list.append((context_id, fragment))
         self.dul.send_pdu(pdata)
+
+    def _packed_response(self, sop_class_uid: object, message_id: int, status: int,
+                         sop_instance_uid: object) -> bytes | None:
+        """The response's one fragment (message control header and command set); None when it does not
+        fit the peer's maximum PDU."""
+        command_set = store_response_command_set(sop_class_uid, message_id, status, sop_instance_uid)
+        max_pdu = self.maximum_pdu_size
+        if max_pdu and len(command_set) + 6 > max_pdu:
+            return None
+        return _LAST_COMMAND_FRAGMENT + command_set
+
+    def _send_now(self, context_id: int, fragment: bytes) -> bool:
+        """Send the fragment from this thread where the DUL allows it (``listener.reactor.WakingDUL``)."""
+        send_now = getattr(self.dul, "send_now", None)
+        return send_now is not None and bool(send_now(p_data_tf(context_id, fragment)))

@@ -145,3 +145,27 @@ def test_with_someone_listening_to_sent_pdus_store_responses_go_through_the_dul(
     assoc.release()
     assert sent_pdus == {"now": 0, "queued": 1}
     assert [type(pdu) for pdu in seen if isinstance(pdu, P_DATA_TF)] == [P_DATA_TF]
+
+
+def test_a_handler_failing_after_its_answer_sends_no_second_response(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], ct_files: list[Path],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the row is committed and Success sent from the handler (answer_now); an error after that makes
+    # pynetdicom hand over a failure status for the same request, which must not reach the sender
+    from listener.server import Listener
+
+    def failing(self: Listener, series_uid: str, ids: tuple[int, int]) -> None:
+        raise RuntimeError("after the answer")
+
+    monkeypatch.setattr(Listener, "_remember_series", failing)
+    listener = listener_factory(sessions)
+    datasets = [pydicom.dcmread(path) for path in ct_files[:2]]
+    assoc = _scu().associate("127.0.0.1", listener.port, ae_title="TRIAGE")
+    with caplog.at_level("ERROR", logger="triage.listener"):
+        answers = [(assoc.send_c_store(dataset).Status, assoc.send_c_echo().Status) for dataset in datasets]
+    assoc.release()
+    assert answers == [(0x0000, 0x0000)] * len(datasets)
+    assert sum("listener.answer.differs" in r.getMessage() for r in caplog.records) == len(datasets)
+    with sessions() as session:
+        assert session.scalar(select(func.count(Instance.id))) == len(datasets)
