@@ -339,7 +339,10 @@ class Listener:
             context_id = event_.context.context_id
 
             def answer(status: int) -> None:
-                dimse.answer_now(request, context_id, status)
+                try:
+                    dimse.answer_now(request, context_id, status)
+                except Exception as exc:  # not sent: pynetdicom sends the handler's return value instead
+                    event(log, "listener.answer.not_sent", logging.WARNING, error=type(exc).__name__)
         # the received bytes themselves, not a copy (getvalue() would copy half a megabyte per CT slice)
         return self._store(request.DataSet.getbuffer(), request, transfer_syntax, calling_ae, started, stream,
                            answer)
@@ -400,8 +403,6 @@ class Listener:
                     # durable file (fsync, rename, directory fsync) before the row is committed
                     self.store.place(writing.result(), rel)
                     transaction.commit()
-                    if answer is not None:  # durable: the sender has its Success while this one tidies up
-                        answer(statuses.SUCCESS)
                 except recorder.driver_errors.IntegrityError:
                     # Already recorded: a re-send, or another association a moment ago (its file was
                     # placed before its row was committed). The unique index refused the row before
@@ -419,6 +420,8 @@ class Listener:
                 except BaseException:
                     self.store.remove(rel)  # the row is rolled back as its connection goes back to the pool
                     raise
+                if answer is not None:  # stored for good: the sender has its Success while this one tidies up
+                    answer(statuses.SUCCESS)
             self._remember_series(meta.series_uid, (recorded.study_id, recorded.series_id))
         except (SQLAlchemyError, recorder.driver_errors.Error) as exc:
             event(log, "listener.store.db_error", logging.ERROR, sop_instance_uid=sop_uid,

@@ -208,9 +208,11 @@ class StreamingDIMSEProvider(PackingDIMSEProvider):
         answered = self._answered.pop(primitive.MessageIDBeingRespondedTo, None)
         if answered is None:
             super().send_msg(primitive, context_id)
-        elif answered != primitive.Status:  # cannot happen: the handler returns what it answered
+        elif answered != primitive.Status:  # the handler failed after its row was committed and answered
+            returned = primitive.Status
             event(log, "listener.answer.differs", logging.ERROR, answered=f"0x{answered:04X}",
-                  returned=f"0x{int(primitive.Status):04X}")
+                  returned=f"0x{returned:04X}" if isinstance(returned, int) else str(returned),
+                  hint="the instance is stored; see the error before")
         self._prepare_spare()  # while the sender reads its next instance
 
     def answer_now(self, request: Any, context_id: int, status: int) -> bool:

@@ -169,3 +169,23 @@ def test_a_handler_failing_after_its_answer_sends_no_second_response(
     assert sum("listener.answer.differs" in r.getMessage() for r in caplog.records) == len(datasets)
     with sessions() as session:
         assert session.scalar(select(func.count(Instance.id))) == len(datasets)
+
+
+def test_an_answer_that_cannot_be_sent_early_leaves_the_stored_instance_and_goes_the_usual_way(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], ct_files: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from listener.streaming import StreamingDIMSEProvider
+
+    def broken(self: StreamingDIMSEProvider, request: Any, context_id: int, status: int) -> bool:
+        raise UnicodeEncodeError("ascii", "", 0, 1, "a UID the packer cannot encode")
+
+    monkeypatch.setattr(StreamingDIMSEProvider, "answer_now", broken)
+    listener = listener_factory(sessions)
+    dataset = pydicom.dcmread(ct_files[0])
+    assoc = _scu().associate("127.0.0.1", listener.port, ae_title="TRIAGE")
+    assert assoc.send_c_store(dataset).Status == 0x0000
+    assoc.release()
+    with sessions() as session:
+        (row,) = session.scalars(select(Instance)).all()
+    assert pydicom.dcmread(listener.store.root / row.path).SOPInstanceUID == dataset.SOPInstanceUID
