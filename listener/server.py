@@ -32,6 +32,7 @@ aborts the association instead of answering 0xA700, and the file lands in the pr
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import ipaddress
 import logging
@@ -336,19 +337,13 @@ class Listener:
         stream, answer = None, None
         if isinstance(dimse, StreamingDIMSEProvider):
             stream = dimse.take_stream(request.MessageID)
-            context_id = event_.context.context_id
-
-            def answer(status: int) -> None:
-                try:
-                    dimse.answer_now(request, context_id, status)
-                except Exception as exc:  # not sent: pynetdicom sends the handler's return value instead
-                    event(log, "listener.answer.not_sent", logging.WARNING, error=type(exc).__name__)
+            answer = functools.partial(dimse.answer_now, request, event_.context.context_id)
         # the received bytes themselves, not a copy (getvalue() would copy half a megabyte per CT slice)
         return self._store(request.DataSet.getbuffer(), request, transfer_syntax, calling_ae, started, stream,
                            answer)
 
     def _store(self, dataset: memoryview, request: Any, transfer_syntax: str, calling_ae: str, started: float,
-               stream: InstanceStream | None = None, answer: Callable[[int], None] | None = None) -> int:
+               stream: InstanceStream | None = None, answer: Callable[[int], bool] | None = None) -> int:
         # The bytes reach a temporary file (write, fsync) in an I/O thread while this thread checks
         # them and writes the row; the file is renamed into place only if they pass, and the row is
         # committed only after that. Whatever happens, nothing is left under tmp/ once this returns.
@@ -377,7 +372,7 @@ class Listener:
 
     def _check_and_record(self, dataset: memoryview, size: int, writing: Future[Path], request: Any,
                           transfer_syntax: str, calling_ae: str, started: float,
-                          answer: Callable[[int], None] | None = None) -> int:
+                          answer: Callable[[int], bool] | None = None) -> int:
         try:
             sop_uid = check_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
             meta = read_instance_meta(dataset, transfer_syntax)

@@ -211,8 +211,7 @@ class TempFile:
     def _write_tail(self) -> None:
         tail, self._tail = self._tail, b""
         if self._direct:  # nothing is written to this file after the tail: the flag stays off
-            flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+            _clear_direct_flag(self._fd)
         view, offset = memoryview(tail), self.size - len(tail)
         while view:
             count = os.pwrite(self._fd, view, offset)
@@ -239,8 +238,7 @@ class TempFile:
             os.close(fd)
 
     def _stop_direct_io(self) -> None:
-        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        _clear_direct_flag(self._fd)
         self._direct = False
         self._store.refuse_direct_io()
 
@@ -432,6 +430,11 @@ def mark_top_of_hierarchy(directory: Path) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _clear_direct_flag(fd: int) -> None:
+    """Have ``fd``'s next writes go through the page cache."""
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
 
 
 def _after(views: list[memoryview], skip: int) -> list[memoryview]:

@@ -227,9 +227,13 @@ class StreamingDIMSEProvider(PackingDIMSEProvider):
         """
         if self._closed or self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
             return False
-        fragment = self._packed_response(request.AffectedSOPClassUID, request.MessageID, status,
-                                         request.AffectedSOPInstanceUID)
-        if fragment is None or not self._send_now(context_id, fragment):
+        try:
+            fragment = self._packed_response(request.AffectedSOPClassUID, request.MessageID, status,
+                                             request.AffectedSOPInstanceUID)
+            if fragment is None or not self._send_now(context_id, fragment):
+                return False
+        except Exception as exc:  # not sent: pynetdicom sends the handler's return value instead
+            event(log, "listener.answer.not_sent", logging.WARNING, error=type(exc).__name__)
             return False
         self._answered[int(request.MessageID)] = status
         return True

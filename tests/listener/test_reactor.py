@@ -177,10 +177,16 @@ def test_an_answer_that_cannot_be_sent_early_leaves_the_stored_instance_and_goes
 ) -> None:
     from listener.streaming import StreamingDIMSEProvider
 
-    def broken(self: StreamingDIMSEProvider, request: Any, context_id: int, status: int) -> bool:
-        raise UnicodeEncodeError("ascii", "", 0, 1, "a UID the packer cannot encode")
+    packed_response = StreamingDIMSEProvider._packed_response
+    calls: list[int] = []
 
-    monkeypatch.setattr(StreamingDIMSEProvider, "answer_now", broken)
+    def broken_once(self: StreamingDIMSEProvider, *args: Any) -> bytes | None:
+        calls.append(1)
+        if len(calls) == 1:  # the early answer; pynetdicom's own send afterwards works
+            raise UnicodeEncodeError("ascii", "", 0, 1, "a UID the packer cannot encode")
+        return packed_response(self, *args)
+
+    monkeypatch.setattr(StreamingDIMSEProvider, "_packed_response", broken_once)
     listener = listener_factory(sessions)
     dataset = pydicom.dcmread(ct_files[0])
     assoc = _scu().associate("127.0.0.1", listener.port, ae_title="TRIAGE")
