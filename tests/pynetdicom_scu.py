@@ -8,6 +8,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, _config
 
+from workers.requestor import associate
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -46,7 +48,7 @@ def send_files(port: int, paths: list[Path], calling: str = "RAWSCU", called: st
             pairs.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
         for sop_class, syntax in sorted(pairs):
             ae.add_requested_context(sop_class, [syntax])
-        assoc = ae.associate("127.0.0.1", port, ae_title=called)
+        assoc = associate(ae, "127.0.0.1", port, ae_title=called)
         assert assoc.is_established, "association refused"
         statuses: list[int | None] = []
         try:

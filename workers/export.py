@@ -12,6 +12,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ops.config import parse_destination
+from workers.requestor import associate
 
 log = logging.getLogger("triage.workers.export")
 
@@ -45,7 +46,7 @@ def send_files(destination: str, files: Sequence[Path], *, calling_ae: str, time
         ae.add_requested_context(sop_class, _UNCOMPRESSED)
     ae.add_requested_context(Verification)
     try:
-        assoc = ae.associate(host, port, ae_title=ae_title, tls_args=(tls, host) if tls is not None else None)
+        assoc = associate(ae, host, port, ae_title=ae_title, tls_args=(tls, host) if tls is not None else None)
     except (ssl.SSLError, OSError) as exc:
         raise ExportFailed(f"TLS or network failure towards {destination}: {exc}") from exc
     if not assoc.is_established:

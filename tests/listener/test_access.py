@@ -19,6 +19,7 @@ from listener.server import make_ssl_context
 from ops.dcmtk import dcmtk
 from tests.conftest import require_tools
 from tests.dcmtk import DCMTK_ENV, echoscu, storescu
+from workers.requestor import associate
 
 pytestmark = pytest.mark.dcmtk
 
@@ -62,7 +63,7 @@ def test_associations_beyond_the_limit_are_refused_without_harming_the_others(
     listener = listener_factory(sessions, max_associations=2)
     ae = AE(ae_title="HOLDER")
     ae.add_requested_context(Verification)
-    held = [ae.associate("127.0.0.1", listener.port, ae_title="TRIAGE") for _ in range(2)]
+    held = [associate(ae, "127.0.0.1", listener.port, ae_title="TRIAGE") for _ in range(2)]
     try:
         assert all(a.is_established for a in held)
         flood = [echoscu(listener.port) for _ in range(5)]

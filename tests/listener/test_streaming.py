@@ -30,6 +30,7 @@ from listener.streaming import InstanceStream
 from ops.bench.series import build_ct_series
 from tests.conftest import require_tools, tmp_folder_empties, wait_until
 from tests.dcmtk import storescu
+from workers.requestor import associate
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -52,7 +53,7 @@ def _fragments(assoc: Any, path: Path, max_pdu: int) -> tuple[str, list[P_DATA]]
 def _associate(port: int) -> Any:
     ae = AE(ae_title="STREAMSCU")
     ae.add_requested_context(CTImageStorage, [EXPLICIT_LE])
-    assoc = ae.associate("127.0.0.1", port, ae_title="TRIAGE")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="TRIAGE")
     assert assoc.is_established
     return assoc
 
