@@ -16,6 +16,10 @@ where the reactor takes messages: the reactor's non-blocking look at the queue (
 without blocking) finds nothing while a ``send_*`` has the reactor paused. The reactor clears its
 stale word before it looks, and the sender clears the event before it reads the word, so either the
 reactor sees the cleared event or the sender sees the reactor running and waits for it to pause again.
+
+It reads pynetdicom's private ``Association._reactor_checkpoint``, as ``listener/reactor.py`` copies its
+reactor: pynetdicom is pinned in pyproject.toml, and ``tests/workers/test_requestor.py`` fails once a
+new version no longer loses the response, when this module can go.
 """
 
 from __future__ import annotations
