@@ -6,7 +6,9 @@ them alike. The host's speed drifts: storescp alone went from 246 to 698 instanc
 the development VM. So each receiver's ratio is taken to the storescp run of its own round, and the
 table gives the median of those ratios and their range. The listener keeps its durability rule (fsync of
 file and directory, committed row before Success); storescp writes its files without fsync, so the
-ratio is the price of never losing an acknowledged image.
+ratio is the price of never losing an acknowledged image. A second storescp fsyncs each file and its
+folder before it answers (``fsync_on_close.c`` preloaded): the same rule in dcmtk's own C code, so what
+the disk charges for durability shows apart from what the listener's own code costs.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops.bench.fsync_shim import build_fsync_shim
 from ops.bench.net import DCMTK_ENV, DEFAULT_SHARED, free_port, wait_port
 from ops.bench.series import build_ct_series
 from ops.dcmtk import dcmtk, find_dcmtk
 
 TRANSPORT = "listener's transport storing nothing"
+DURABLE_SCP = "storescp, fsync file + folder"
 STOCK = "stock pynetdicom storing nothing"
 
 
@@ -172,18 +176,27 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         null_port, stock_port = free_port(), free_port()
         scp_dir = work / "storescp"
         scp_dir.mkdir()
-        processes.append(subprocess.Popen(
-            # one association at a time by default; --fork serves several senders at once, as the listener does
-            [dcmtk("storescp"), *(["--fork"] if senders > 1 else []), "-aet", "STORESCP", "-od", str(scp_dir),
-             str(scp_port)],
-            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # one association at a time by default; --fork serves several senders at once, as the listener does
+        storescp = [dcmtk("storescp"), *(["--fork"] if senders > 1 else []), "-aet", "STORESCP"]
+        processes.append(subprocess.Popen([*storescp, "-od", str(scp_dir), str(scp_port)],
+                                          env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # the same storescp with each file and its folder fsynced before it answers (the listener's rule)
+        shim, no_shim = build_fsync_shim(work)
+        durable_receivers = []
+        if shim is not None:
+            durable_port, durable_dir = free_port(), work / "storescp-durable"
+            durable_dir.mkdir()
+            processes.append(subprocess.Popen([*storescp, "-od", str(durable_dir), str(durable_port)],
+                                              env={**DCMTK_ENV, "LD_PRELOAD": str(shim)},
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            durable_receivers.append((DURABLE_SCP, durable_port, "STORESCP"))
         node_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_")}
         node_env.update({"TRIAGE_DATA_DIR": str(work / "node"), "TRIAGE_PORT": str(node_port),
                          "TRIAGE_QUIET_SECONDS": "3600", "TRIAGE_COMPLETION_CEILING_SECONDS": "3600",
                          "TRIAGE_LOG_LEVEL": "WARNING"})
         processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "listen"], env=node_env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        receivers = [("storescp", scp_port, "STORESCP"), ("listener", node_port, "TRIAGE")]
+        receivers = [("storescp", scp_port, "STORESCP"), *durable_receivers, ("listener", node_port, "TRIAGE")]
         if senders > 1:  # one listener process per core (TRIAGE_LISTENER_PROCESSES) beside the default one
             cores = min(senders, os.cpu_count() or 1)
             multi_port = free_port()
@@ -246,12 +259,22 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
               ">= 0.80x). The listener fsyncs file and directory and "
               "commits the row (SQLite synchronous=FULL by default) before each Success; storescp fsyncs nothing. "
               "The last two rows receive and answer and store nothing: the listener's event-driven transport "
-              "(listener/reactor.py) and pynetdicom's stock polling reactor. CPU ms/inst = user + system CPU of the "
+              "(listener/reactor.py) and pynetdicom's stock polling reactor. The second row is storescp with "
+              "ops/bench/fsync_on_close.c preloaded: the listener's durability in dcmtk's C code. CPU ms/inst = user + system CPU of the "
               "receiving process (and its children) per instance: with one sender the listener waits on the disk, with "
               "many at once its CPU (one core per process: Python's GIL) is what bounds it.")
         ceiling = rate[TRANSPORT]
         print(f"the listener reaches {rate['listener'] / ceiling:.2f} of its own transport's ceiling, which is "
               f"{ratio[TRANSPORT]:.2f}x storescp ({ceiling / rate[STOCK]:.2f}x stock pynetdicom)")
+        if DURABLE_SCP in timings:
+            # per round, as the ratios above: the listener over storescp under the same rule
+            to_durable = statistics.median(
+                durable / own for durable, own in zip(timings[DURABLE_SCP], timings["listener"], strict=True))
+            print(f"under the listener's durability rule (each file and its folder fsynced before Success; no "
+                  f"database), dcmtk's own storescp reaches {ratio[DURABLE_SCP]:.2f}x of itself on this machine, and "
+                  f"the listener {to_durable:.2f}x of that storescp")
+        else:
+            print(f"({DURABLE_SCP} not run: {no_shim})")
         if senders == 1:  # one association: each instance waits for its own fsyncs before the next is sent
             floor = durability_floor(files[0].read_bytes(), work / "floor")
             per_instance_ms = 1000 / rate["storescp"]

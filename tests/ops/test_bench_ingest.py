@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,13 @@ def test_ingest_benchmark_prints_every_receiver_the_ratios_and_the_durability_bo
         assert re.search(rf"^{re.escape(receiver)} +12 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.]+-[\d.]+x +[\d.]+$",
                          out, re.M), receiver
     assert re.search(r"^storescp .* 1\.00x +1\.00-1\.00x +[\d.]+$", out, re.M)
+    if any(shutil.which(compiler) for compiler in ("cc", "gcc", "clang")):  # the shim is built where it runs
+        assert re.search(r"^storescp, fsync file \+ folder +12 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.]+-[\d.]+x "
+                         r"+[\d.]+$", out, re.M)
+        assert re.search(r"dcmtk's own storescp reaches \d+\.\d\dx of itself on this machine, and the listener "
+                         r"\d+\.\d\dx of that storescp", out)
+    else:
+        assert "(storescp, fsync file + folder not run: no C compiler" in out
     assert re.search(r"after its last byte, one after the other: its fsync [\d.]+ ms, rename \+ directory fsync "
                      r"[\d.]+ ms, SQLite commit \(WAL, FULL\) [\d.]+ ms", out)
     assert re.search(r"with these steps added to its cycle in full, \d\.\d\dx on one association", out)
