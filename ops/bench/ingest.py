@@ -259,10 +259,11 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
               ">= 0.80x). The listener fsyncs file and directory and "
               "commits the row (SQLite synchronous=FULL by default) before each Success; storescp fsyncs nothing. "
               "The last two rows receive and answer and store nothing: the listener's event-driven transport "
-              "(listener/reactor.py) and pynetdicom's stock polling reactor. The second row is storescp with "
-              "ops/bench/fsync_on_close.c preloaded: the listener's durability in dcmtk's C code. CPU ms/inst = user + system CPU of the "
-              "receiving process (and its children) per instance: with one sender the listener waits on the disk, with "
-              "many at once its CPU (one core per process: Python's GIL) is what bounds it.")
+              "(listener/reactor.py) and pynetdicom's stock polling reactor. 'storescp, fsync file + folder' is "
+              "storescp with ops/bench/fsync_on_close.c preloaded: the listener's durability in dcmtk's C code. "
+              "CPU ms/inst = user + system CPU of the receiving process (and its children) per instance: with one "
+              "sender the listener waits on the disk, with many at once its CPU (one core per process: Python's "
+              "GIL) is what bounds it.")
         ceiling = rate[TRANSPORT]
         print(f"the listener reaches {rate['listener'] / ceiling:.2f} of its own transport's ceiling, which is "
               f"{ratio[TRANSPORT]:.2f}x storescp ({ceiling / rate[STOCK]:.2f}x stock pynetdicom)")
