@@ -16,12 +16,17 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("fsync_on_close.c")
 
 
+def c_compiler() -> str | None:
+    """The machine's C compiler, or None."""
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
 def build_fsync_shim(folder: Path) -> tuple[Path | None, str]:
     """Compile the shim into ``folder``; its path, or None and why not (no C compiler, a failed build).
 
     Built where it runs rather than shipped: a shared object must match the machine's C library.
     """
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    compiler = c_compiler()
     if compiler is None:
         return None, "no C compiler (apt-get install gcc) to build ops/bench/fsync_on_close.c"
     target = folder / "fsync_on_close.so"
