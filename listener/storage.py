@@ -24,6 +24,7 @@ import logging
 import mmap
 import os
 import struct
+import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -45,6 +46,8 @@ TEMP_BLOCK = 128 * 1024
 #: Free blocks kept for reuse (anonymous mmap memory: page-aligned by construction).
 _POOL_KEEP = 64
 _free_blocks: deque[mmap.mmap] = deque()  # append and pop are atomic: no lock needed
+#: Series folders a store remembers having made or found (the most recent ones).
+_KNOWN_FOLDERS_MAX = 4096
 #: Most blocks in one vectored write (the kernel refuses more with EINVAL).
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if 0 < os.sysconf("SC_IOV_MAX") <= 1024 else 1024
 
@@ -254,6 +257,9 @@ class InstanceStore:
         self.tmp_dir.mkdir(exist_ok=True)
         #: whether temporary files are written with O_DIRECT; turned off for good at the first EINVAL
         self.direct_io = direct_io and hasattr(os, "O_DIRECT")
+        #: folders that exist, as far as this store knows: placing into one skips the look-ups up the tree
+        self._known_folders: dict[Path, None] = {}
+        self._known_lock = threading.Lock()
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Path of an instance relative to the root; the UIDs are checked again here on purpose.
@@ -341,12 +347,21 @@ class InstanceStore:
         """Second half of :meth:`write`: rename a fsynced temporary file to ``rel``, fsync its folder."""
         try:
             final = self.root / rel
-            self._make_dirs(final.parent)
-            os.replace(tmp, final)
+            folder = final.parent
+            if folder not in self._known_folders:
+                self._make_dirs(folder)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:
+                if not tmp.exists():
+                    raise
+                self._make_dirs(folder)  # the folder went away since it was made (removed by hand)
+                os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(final.parent)
+        _fsync_dir(folder)
+        self._remember_folder(folder)
 
     def discard(self, tmp: Path) -> None:
         """Remove a temporary file that will not be placed (no fsync: it never had a final name)."""
@@ -380,18 +395,36 @@ class InstanceStore:
         self.tmp_dir.mkdir()
         return removed
 
+    def _remember_folder(self, folder: Path) -> None:
+        """Note a series folder as existing: the next instance of the series is placed without a stat.
+
+        Only the most recent are kept; a folder removed behind the store's back is made again at the
+        rename that finds it missing.
+        """
+        with self._known_lock:
+            if folder in self._known_folders:
+                return
+            if len(self._known_folders) >= _KNOWN_FOLDERS_MAX:
+                self._known_folders.pop(next(iter(self._known_folders)))
+            self._known_folders[folder] = None
+
     def _make_dirs(self, directory: Path) -> None:
-        """Create the study and series folders, fsyncing each parent so the new entries persist."""
-        missing: list[Path] = []
+        """Create the study and series folders where missing; fsync each one's parent, made here or not.
+
+        A folder found existing is fsynced into its parent too: another association may have made it a
+        moment ago and not yet fsynced its entry, and an instance placed in it must not be answered
+        before that entry is durable. Runs once per series folder a store has not placed into yet.
+        """
+        chain: list[Path] = []
         current = directory
-        while not current.exists() and current != self.root:
-            missing.append(current)
+        while current != self.root and current != current.parent:
+            chain.append(current)
             current = current.parent
-        for path in reversed(missing):
+        for path in reversed(chain):
             try:
                 path.mkdir()
             except FileExistsError:
-                continue
+                pass
             _fsync_dir(path.parent)
 
 

@@ -98,6 +98,56 @@ def test_a_file_system_refusing_direct_io_is_written_through_the_page_cache(
     assert not any(store.tmp_dir.iterdir())
 
 
+@pytest.fixture
+def fsynced_folders(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every folder the store fsyncs from now on, in order (the real fsync still runs)."""
+    folders: list[Path] = []
+    real_fsync_dir = storage._fsync_dir
+
+    def recording_fsync_dir(directory: Path) -> None:
+        folders.append(Path(directory))
+        real_fsync_dir(directory)
+
+    monkeypatch.setattr(storage, "_fsync_dir", recording_fsync_dir)
+    return folders
+
+
+def test_a_series_folder_made_by_someone_else_has_its_entries_fsynced_before_the_first_placement(
+        tmp_path: Path, fsynced_folders: list[Path]) -> None:
+    """Another association may have made the folders a moment ago, its fsyncs still to come: the
+    first instance placed into them fsyncs their parents itself; the next ones only the series folder."""
+    store = InstanceStore(tmp_path / "store")
+    study, series = store.root / "1.2.3", store.root / "1.2.3" / "1.2.3.4"
+    series.mkdir(parents=True)
+    store.write(b"first", Path("1.2.3") / "1.2.3.4" / "1.2.3.4.1.dcm")
+    assert fsynced_folders == [store.root, study, series]
+    fsynced_folders.clear()
+    store.write(b"second", Path("1.2.3") / "1.2.3.4" / "1.2.3.4.2.dcm")
+    assert fsynced_folders == [series]
+    assert (series / "1.2.3.4.1.dcm").read_bytes() == b"first"
+    assert (series / "1.2.3.4.2.dcm").read_bytes() == b"second"
+
+
+def test_a_series_folder_removed_after_placements_is_made_again(tmp_path: Path, fsynced_folders: list[Path]) -> None:
+    store = InstanceStore(tmp_path / "store")
+    store.write(b"first", Path("1.2.3") / "1.2.3.4" / "1.2.3.4.1.dcm")
+    shutil.rmtree(store.root / "1.2.3")  # by hand, behind the store's back
+    fsynced_folders.clear()
+    store.write(b"second", Path("1.2.3") / "1.2.3.4" / "1.2.3.4.2.dcm")
+    series = store.root / "1.2.3" / "1.2.3.4"
+    assert (series / "1.2.3.4.2.dcm").read_bytes() == b"second"
+    assert fsynced_folders == [store.root, store.root / "1.2.3", series]
+    assert not any(store.tmp_dir.iterdir())
+
+
+def test_a_missing_temporary_file_is_not_mistaken_for_a_missing_folder(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path / "store")
+    store.write(b"first", Path("1.2.3") / "1.2.3.4" / "1.2.3.4.1.dcm")
+    with pytest.raises(FileNotFoundError):
+        store.place(store.tmp_dir / "gone.part", Path("1.2.3") / "1.2.3.4" / "1.2.3.4.2.dcm")
+    assert not (store.root / "1.2.3" / "1.2.3.4" / "1.2.3.4.2.dcm").exists()
+
+
 def test_prefetch_skips_files_that_are_gone(tmp_path: Path) -> None:
     store = InstanceStore(tmp_path / "store")
     rel = Path("1.2.3") / "1.2.3.4" / "1.2.3.4.5.dcm"
