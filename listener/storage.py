@@ -46,7 +46,7 @@ TEMP_BLOCK = 128 * 1024
 #: Free blocks kept for reuse (anonymous mmap memory: page-aligned by construction).
 _POOL_KEEP = 64
 _free_blocks: deque[mmap.mmap] = deque()  # append and pop are atomic: no lock needed
-#: Series folders a store remembers having made or found (the most recent ones).
+#: Series folders a store remembers placing into (the oldest forgotten first).
 _KNOWN_FOLDERS_MAX = 4096
 #: Most blocks in one vectored write (the kernel refuses more with EINVAL).
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if 0 < os.sysconf("SC_IOV_MAX") <= 1024 else 1024
@@ -344,7 +344,8 @@ class InstanceStore:
                        "cache, which costs more CPU per C-STORE")
 
     def place(self, tmp: Path, rel: Path) -> None:
-        """Second half of :meth:`write`: rename a fsynced temporary file to ``rel``, fsync its folder."""
+        """Second half of :meth:`write`: rename a fsynced temporary file to ``rel``, fsync its folder (and,
+        the first time this store places into that folder, the folders above it: :meth:`_make_dirs`)."""
         try:
             final = self.root / rel
             folder = final.parent
@@ -398,8 +399,8 @@ class InstanceStore:
     def _remember_folder(self, folder: Path) -> None:
         """Note a series folder as existing: the next instance of the series is placed without a stat.
 
-        Only the most recent are kept; a folder removed behind the store's back is made again at the
-        rename that finds it missing.
+        At most ``_KNOWN_FOLDERS_MAX``, the oldest forgotten first; a folder removed behind the store's
+        back is made again at the rename that finds it missing.
         """
         with self._known_lock:
             if folder in self._known_folders:
