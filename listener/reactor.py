@@ -35,7 +35,8 @@ load balancer's health check) releases its thread at once instead of after ``acs
 which it counted against the association limit.
 
 The request handler also gives each association :class:`listener.store_response.PackingDIMSEProvider`,
-which sends plain C-STORE responses from packed bytes instead of pydicom data sets.
+which sends plain C-STORE responses from packed bytes instead of pydicom data sets, and spares it
+pynetdicom's deep copy of the server's presentation contexts (:class:`SharedContexts`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from pynetdicom.dul import LOGGER, DULServiceProvider
 from pynetdicom.fsm import StateMachine
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from listener.store_response import PackingDIMSEProvider
@@ -377,6 +379,22 @@ class WakingAssociation(Association):
                 return
 
 
+class SharedContexts(list[PresentationContext]):
+    """A server's supported presentation contexts, read by all of its associations.
+
+    pynetdicom 3.0 deep-copies the server's contexts into each association it accepts
+    (``RequestHandler._create_association``). The listener supports every storage SOP class with every
+    transfer syntax it can decode, and each UID of the copy is validated again by pydicom: 13.6 ms of
+    CPU per association (py-spy, 40 one-instance associations from storescu), when the whole C-STORE
+    of a CT slice takes 3 ms, for sites whose modalities send one image per association. Negotiation
+    only reads the contexts (``presentation.negotiate_as_acceptor`` builds its results anew), so each
+    association gets a list of its own holding the same context objects.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
+        return list(self)
+
+
 class EventDrivenRequestHandler(RequestHandler):
     """pynetdicom's request handler, making each accepted association a :class:`WakingAssociation`.
 
@@ -387,6 +405,8 @@ class EventDrivenRequestHandler(RequestHandler):
     """
 
     def _create_association(self) -> Association:
+        if not isinstance(self.server.contexts, SharedContexts):  # the first association: the same list each time
+            self.server.contexts = SharedContexts(self.server.contexts)
         assoc = super()._create_association()
         assoc.dul.socket.__class__ = IntoBufferSocket
         store = getattr(self.server, "instance_store", None)
