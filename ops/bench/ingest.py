@@ -32,14 +32,19 @@ from ops.dcmtk import dcmtk, find_dcmtk
 TRANSPORT = "listener's transport storing nothing"
 DURABLE_SCP = "storescp, fsync file + folder"
 STOCK = "stock pynetdicom storing nothing"
+#: storescu runs of one instance each, per receiver and round, for the per-association line
+ASSOCIATION_RUNS = 40
 
 
-def _send(port: int, called: str, files: list[Path], senders: int = 1) -> float:
-    """Seconds for ``senders`` storescu processes at once (one association each) to send ``files``."""
+def _send(port: int, called: str, files: list[Path], senders: int = 1, required_only: bool = True) -> float:
+    """Seconds for ``senders`` storescu processes at once (one association each) to send ``files``;
+    ``required_only``: propose only the contexts the files need (``-R``), not storescu's default of every
+    storage SOP class."""
     chunks = [files[i::senders] for i in range(senders)]
     started = time.perf_counter()
     running = [subprocess.Popen(
-        [dcmtk("storescu"), "-aet", "BENCH", "-aec", called, "-R", "127.0.0.1", str(port), *map(str, chunk)],
+        [dcmtk("storescu"), "-aet", "BENCH", "-aec", called, *(["-R"] if required_only else []), "127.0.0.1",
+         str(port), *map(str, chunk)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=DCMTK_ENV,
     ) for chunk in chunks if chunk]
     failures = []
@@ -51,6 +56,17 @@ def _send(port: int, called: str, files: list[Path], senders: int = 1) -> float:
     if failures:
         raise RuntimeError(f"storescu to {called} failed {failures[0]}")
     return elapsed
+
+
+def _per_association_ms(port: int, called: str, files: list[Path]) -> float:
+    """Milliseconds per storescu run of one file each: association set-up, one C-STORE, release, and the
+    storescu process's own start, which every receiver pays alike (modalities often send one image per
+    association, and PACS one series). storescu proposes its default, every storage SOP class (about 120
+    presentation contexts), as senders that do not know in advance what they will send do."""
+    started = time.perf_counter()
+    for path in files:
+        _send(port, called, [path], required_only=False)
+    return (time.perf_counter() - started) * 1000 / len(files)
 
 
 def _stat_fields(pid: int | str) -> list[str]:
@@ -236,6 +252,15 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         if senders > 1:
             stored = min(stored, _stored_rows(work / "node-multi" / "triage.db"))
         expected = count * rounds
+        per_association: dict[str, list[float]] = {"storescp": [], "listener": []}
+        if senders == 1:  # after the rows were counted: these instances are extra
+            runs = min(count, ASSOCIATION_RUNS)
+            for round_, order in enumerate((("storescp", "listener"), ("listener", "storescp"))):
+                alone = build_ct_series(sources, work / f"one-per-association{round_}", runs)
+                for name in order:
+                    port = scp_port if name == "storescp" else node_port
+                    per_association[name].append(_per_association_ms(port, "STORESCP" if name == "storescp"
+                                                                     else "TRIAGE", alone))
         rows = []
         for name, values in timings.items():
             median = statistics.median(values)
@@ -276,6 +301,13 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
                   f"the listener {to_durable:.2f}x of that storescp")
         else:
             print(f"({DURABLE_SCP} not run: {no_shim})")
+        if per_association["listener"]:
+            scp_ms, node_ms = (statistics.median(per_association[name]) for name in ("storescp", "listener"))
+            to_scp = statistics.median(scp / own for scp, own in zip(per_association["storescp"],
+                                                                     per_association["listener"], strict=True))
+            print(f"one instance per association ({len(alone)} storescu runs each, every storage SOP class "
+                  f"proposed, 2 rounds, the sender's process start included): storescp {scp_ms:.1f} ms, listener "
+                  f"{node_ms:.1f} ms per association ({to_scp:.2f}x)")
         if senders == 1:  # one association: each instance waits for its own fsyncs before the next is sent
             floor = durability_floor(files[0].read_bytes(), work / "floor")
             per_instance_ms = 1000 / rate["storescp"]

@@ -35,6 +35,9 @@ def test_ingest_benchmark_prints_every_receiver_the_ratios_and_the_durability_bo
     assert re.search(r"after its last byte, one after the other: its fsync [\d.]+ ms, rename \+ directory fsync "
                      r"[\d.]+ ms, SQLite commit \(WAL, FULL\) [\d.]+ ms", out)
     assert re.search(r"with these steps added to its cycle in full, \d\.\d\dx on one association", out)
+    assert re.search(r"^one instance per association \(12 storescu runs each, every storage SOP class proposed, 2 "
+                     r"rounds, the sender's process start included\): storescp [\d.]+ ms, listener [\d.]+ ms per "
+                     r"association \(\d+\.\d\dx\)$", out, re.M)
     assert "listener rows recorded: 12 of 12" in out
 
 
@@ -49,4 +52,5 @@ def test_several_senders_add_the_multi_process_listener_and_the_cpu_bound(
     assert re.search(rf"^listener, {processes} processes +12 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.]+-[\d.]+x +[\d.]+$",
                      out, re.M)
     assert re.search(r"ms of CPU per instance a listener process receives at most \d+ inst/s", out)
+    assert "one instance per association" not in out  # measured with one sender only
     assert "listener rows recorded: 12 of 12" in out
