@@ -405,7 +405,7 @@ class EventDrivenRequestHandler(RequestHandler):
     """
 
     def _create_association(self) -> Association:
-        if not isinstance(self.server.contexts, SharedContexts):  # the first association: the same list each time
+        if not isinstance(self.server.contexts, SharedContexts):  # once per server, at its first association
             self.server.contexts = SharedContexts(self.server.contexts)
         assoc = super()._create_association()
         assoc.dul.socket.__class__ = IntoBufferSocket

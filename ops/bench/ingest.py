@@ -69,6 +69,18 @@ def _per_association_ms(port: int, called: str, files: list[Path]) -> float:
     return (time.perf_counter() - started) * 1000 / len(files)
 
 
+def _one_per_association(sources: list[Path], folder: Path, runs: int,
+                         receivers: dict[str, tuple[int, str]]) -> dict[str, list[float]]:
+    """Milliseconds per one-instance association of each receiver (name: port, called AE title), two
+    rounds in alternating order, each round with instances of new UIDs."""
+    timings: dict[str, list[float]] = {name: [] for name in receivers}
+    for round_ in range(2):
+        files = build_ct_series(sources, folder / f"round{round_}", runs)
+        for name in (list(receivers) if round_ == 0 else list(receivers)[::-1]):
+            timings[name].append(_per_association_ms(*receivers[name], files))
+    return timings
+
+
 def _stat_fields(pid: int | str) -> list[str]:
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()
@@ -252,15 +264,10 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         if senders > 1:
             stored = min(stored, _stored_rows(work / "node-multi" / "triage.db"))
         expected = count * rounds
-        per_association: dict[str, list[float]] = {"storescp": [], "listener": []}
-        if senders == 1:  # after the rows were counted: these instances are extra
-            runs = min(count, ASSOCIATION_RUNS)
-            for round_, order in enumerate((("storescp", "listener"), ("listener", "storescp"))):
-                alone = build_ct_series(sources, work / f"one-per-association{round_}", runs)
-                for name in order:
-                    port = scp_port if name == "storescp" else node_port
-                    per_association[name].append(_per_association_ms(port, "STORESCP" if name == "storescp"
-                                                                     else "TRIAGE", alone))
+        runs = min(count, ASSOCIATION_RUNS)
+        per_association = _one_per_association(  # after the rows were counted: these instances are extra
+            sources, work / "one-per-association", runs,
+            {"storescp": (scp_port, "STORESCP"), "listener": (node_port, "TRIAGE")}) if senders == 1 else {}
         rows = []
         for name, values in timings.items():
             median = statistics.median(values)
@@ -301,11 +308,11 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
                   f"the listener {to_durable:.2f}x of that storescp")
         else:
             print(f"({DURABLE_SCP} not run: {no_shim})")
-        if per_association["listener"]:
+        if per_association:
             scp_ms, node_ms = (statistics.median(per_association[name]) for name in ("storescp", "listener"))
             to_scp = statistics.median(scp / own for scp, own in zip(per_association["storescp"],
                                                                      per_association["listener"], strict=True))
-            print(f"one instance per association ({len(alone)} storescu runs each, every storage SOP class "
+            print(f"one instance per association ({runs} storescu runs each, every storage SOP class "
                   f"proposed, 2 rounds, the sender's process start included): storescp {scp_ms:.1f} ms, listener "
                   f"{node_ms:.1f} ms per association ({to_scp:.2f}x)")
         if senders == 1:  # one association: each instance waits for its own fsyncs before the next is sent
