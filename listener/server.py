@@ -67,6 +67,7 @@ from listener import statuses
 from listener.filemeta import file_meta_bytes
 from listener.identity_scan import IDENTITY_KEYWORDS, scan_identity
 from listener.reactor import EventDrivenRequestHandler
+from listener.recent import Recent
 from listener.records import InstanceMeta, InstanceRecorder
 from listener.storage import InstanceStore
 from listener.streaming import InstanceStream, StreamingDIMSEProvider
@@ -235,8 +236,7 @@ class Listener:
         self._allowed_networks = [ipaddress.ip_network(h, strict=False) for h in allowed_hosts]
         self._ssl_context = ssl_context
         self._server: _AccessControlledServer | None = None
-        self._known_series: dict[str, tuple[int, int]] = {}
-        self._known_lock = threading.Lock()
+        self._known_series: Recent[str, tuple[int, int]] = Recent(_KNOWN_SERIES_MAX)
         self._thread: threading.Thread | None = None
         self._max_associations = max_associations
         if share_port and not hasattr(socket, "SO_REUSEPORT"):
@@ -436,10 +436,7 @@ class Listener:
 
     def _remember_series(self, series_uid: str, ids: tuple[int, int]) -> None:
         """Row ids of recently seen series, so the next instance skips the hierarchy look-ups."""
-        with self._known_lock:
-            if series_uid not in self._known_series and len(self._known_series) >= _KNOWN_SERIES_MAX:
-                self._known_series.pop(next(iter(self._known_series)))
-            self._known_series[series_uid] = ids
+        self._known_series.put(series_uid, ids)
 
     def _refuse(self, status: int, reason: str, calling_ae: str) -> int:
         event(log, "listener.store.refused", logging.WARNING, status=f"0x{status:04X}",

@@ -24,13 +24,13 @@ import logging
 import mmap
 import os
 import struct
-import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from listener.recent import Recent
 from listener.uids import check_uid
 from ops.logs import event
 
@@ -257,9 +257,9 @@ class InstanceStore:
         self.tmp_dir.mkdir(exist_ok=True)
         #: whether temporary files are written with O_DIRECT; turned off for good at the first EINVAL
         self.direct_io = direct_io and hasattr(os, "O_DIRECT")
-        #: folders that exist, as far as this store knows: placing into one skips the look-ups up the tree
-        self._known_folders: dict[Path, None] = {}
-        self._known_lock = threading.Lock()
+        #: series folders this store has placed into: they exist and their entries are fsynced, so placing
+        #: into one again skips the walk up the tree (one removed by hand is made again at the rename)
+        self._known_folders: Recent[Path, None] = Recent(_KNOWN_FOLDERS_MAX)
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """Path of an instance relative to the root; the UIDs are checked again here on purpose.
@@ -362,7 +362,7 @@ class InstanceStore:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(folder)
-        self._remember_folder(folder)
+        self._known_folders.put(folder, None)
 
     def discard(self, tmp: Path) -> None:
         """Remove a temporary file that will not be placed (no fsync: it never had a final name)."""
@@ -395,19 +395,6 @@ class InstanceStore:
             return removed  # something other than a file in it: leave the folder where it is
         self.tmp_dir.mkdir()
         return removed
-
-    def _remember_folder(self, folder: Path) -> None:
-        """Note a series folder as existing: the next instance of the series is placed without a stat.
-
-        At most ``_KNOWN_FOLDERS_MAX``, the oldest forgotten first; a folder removed behind the store's
-        back is made again at the rename that finds it missing.
-        """
-        with self._known_lock:
-            if folder in self._known_folders:
-                return
-            if len(self._known_folders) >= _KNOWN_FOLDERS_MAX:
-                self._known_folders.pop(next(iter(self._known_folders)))
-            self._known_folders[folder] = None
 
     def _make_dirs(self, directory: Path) -> None:
         """Create the study and series folders where missing; fsync each one's parent, made here or not.
