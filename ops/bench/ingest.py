@@ -58,6 +58,12 @@ def _send(port: int, called: str, files: list[Path], senders: int = 1, required_
     return elapsed
 
 
+def _ratios(reference: list[float], own: list[float]) -> list[float]:
+    """Round by round, how much faster ``own`` was than ``reference`` (times or ms of the same work):
+    ratios within a round, so that the host's drift between rounds cancels out."""
+    return [theirs / mine for theirs, mine in zip(reference, own, strict=True)]
+
+
 def _per_association_ms(port: int, called: str, files: list[Path]) -> float:
     """Milliseconds per storescu run of one file each: association set-up, one C-STORE, release, and the
     storescu process's own start, which every receiver pays alike (modalities often send one image per
@@ -273,7 +279,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
             median = statistics.median(values)
             cpu = statistics.median(cpu_ms[name]) if cpu_ms[name] else float("nan")
             # this receiver's speed over storescp's in the same round: the host's drift cancels out
-            ratios = [scp / own for scp, own in zip(timings["storescp"], values, strict=True)]
+            ratios = _ratios(timings["storescp"], values)
             rows.append((name, count, median, count / median, megabytes / median, statistics.median(ratios),
                          min(ratios), max(ratios), cpu))
         rate = {name: ips for name, _, _, ips, *_ in rows}
@@ -301,8 +307,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
               f"{ratio[TRANSPORT]:.2f}x storescp ({ceiling / rate[STOCK]:.2f}x stock pynetdicom)")
         if DURABLE_SCP in timings:
             # per round, as the ratios above: the listener over storescp under the same rule
-            to_durable = statistics.median(
-                durable / own for durable, own in zip(timings[DURABLE_SCP], timings["listener"], strict=True))
+            to_durable = statistics.median(_ratios(timings[DURABLE_SCP], timings["listener"]))
             print(f"under the listener's durability rule (each file and its folder fsynced before Success; no "
                   f"database), dcmtk's own storescp reaches {ratio[DURABLE_SCP]:.2f}x of itself on this machine, and "
                   f"the listener {to_durable:.2f}x of that storescp")
@@ -310,8 +315,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
             print(f"({DURABLE_SCP} not run: {no_shim})")
         if per_association:
             scp_ms, node_ms = (statistics.median(per_association[name]) for name in ("storescp", "listener"))
-            to_scp = statistics.median(scp / own for scp, own in zip(per_association["storescp"],
-                                                                     per_association["listener"], strict=True))
+            to_scp = statistics.median(_ratios(per_association["storescp"], per_association["listener"]))
             print(f"one instance per association ({runs} storescu runs each, every storage SOP class "
                   f"proposed, 2 rounds, the sender's process start included): storescp {scp_ms:.1f} ms, listener "
                   f"{node_ms:.1f} ms per association ({to_scp:.2f}x)")
