@@ -349,7 +349,8 @@ class InstanceStore:
         try:
             final = self.root / rel
             folder = final.parent
-            if folder not in self._known_folders:
+            known = folder in self._known_folders
+            if not known:
                 self._make_dirs(folder)
             try:
                 os.replace(tmp, final)
@@ -362,7 +363,8 @@ class InstanceStore:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(folder)
-        self._known_folders.put(folder, None)
+        if not known:  # the lock is taken once per series folder, not per instance
+            self._known_folders.put(folder, None)
 
     def discard(self, tmp: Path) -> None:
         """Remove a temporary file that will not be placed (no fsync: it never had a final name)."""
