@@ -257,9 +257,9 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         timings: dict[str, list[float]] = {name: [] for name, _, _ in receivers}
         cpu_ms: dict[str, list[float]] = {name: [] for name, _, _ in receivers}
         for round_ in range(rounds):
+            if round_ > 0:  # new UIDs each round, so nothing is a duplicate; the same files for every receiver
+                files = build_ct_series(sources, work / f"study{round_}", count)
             for name, port, called in (receivers if round_ % 2 == 0 else receivers[::-1]):
-                if round_ > 0:  # resend into fresh folders: new UIDs, so nothing is a duplicate
-                    files = build_ct_series(sources, work / f"study{round_}{name}", count)
                 cpu_before = _cpu_seconds(pids[name])
                 timings[name].append(_send(port, called, files, senders))
                 cpu_after = _cpu_seconds(pids[name])
