@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +181,50 @@ def durability_floor(sample: bytes, folder: Path, count: int = 100) -> Durabilit
                            commit_ms=median(committed) * 1000, direct_io=store.direct_io)
 
 
+#: Above this, making a file costs more than the disk work of a CT slice (its write and fsync): a file
+#: system passing over recently deleted inodes, not the receivers, sets the pace (``_settled_file_creation``).
+SLOW_CREATE_US = 100.0
+
+
+def file_creation_us(folder: Path, count: int = 20) -> float:
+    """Median microseconds to make a new empty file in ``folder`` (the files stay, for the caller's clean-up:
+    removing them would add to what is measured)."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        os.close(os.open(folder / f".probe-{uuid.uuid4().hex}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def _settled_file_creation(folders: dict[str, Path], wait_s: float = 120.0, every_s: float = 10.0) -> str:
+    """Wait (up to ``wait_s``) until making a file in each receiver's folder is quick again; what it found.
+
+    ext4 without a journal (the root file system of the development VM: /proc/fs/jbd2 is empty) passes
+    over each recently deleted inode when it makes a file. 5000 files deleted from a folder, a new file
+    beside them took 1.04 ms 2 s later, 0.94 ms at 10 s, 0.79 ms at 30 s and 0.05 ms at 61 s, against
+    11-27 us on a settled disk; perf put a quarter of the listener's CPU in that search
+    (``find_inode_bit``, ``recently_deleted``) in runs after such deletions. Each receiver pays it on every
+    instance, more or less depending on where its folder lies, and on a 2-core machine that CPU is taken
+    from the sender. The previous run's clean-up of its work folder is such a deletion.
+    """
+    started = time.monotonic()
+    while True:
+        found = {name: file_creation_us(folder) for name, folder in folders.items()}
+        waited = time.monotonic() - started
+        if max(found.values()) <= SLOW_CREATE_US or waited + every_s > wait_s:
+            break
+        time.sleep(every_s)
+    where = ", ".join(f"{us:.0f} us in {name}" for name, us in found.items())
+    line = f"a new file before the first round: {where} (median of 20)"
+    if waited >= 1:
+        line += f", after waiting {waited:.0f} s for the file system to settle after recent deletions"
+    if max(found.values()) > SLOW_CREATE_US:
+        line += (f"; above {SLOW_CREATE_US:.0f} us the file system, passing over recently deleted inodes, is "
+                 "what sets the pace: rerun in a few minutes")
+    return line
+
+
 def _stored_rows(database: Path) -> int:
     import sqlite3
 
@@ -188,7 +233,7 @@ def _stored_rows(database: Path) -> int:
 
 
 def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep: bool = False,
-                         rounds: int = 4, senders: int = 1) -> int:
+                         rounds: int = 4, senders: int = 1, settle_s: float = 120.0) -> int:
     for tool in ("storescu", "storescp"):
         if find_dcmtk(tool) is None:
             print(f"triage bench ingest: dcmtk's {tool} not found: apt-get install dcmtk", file=sys.stderr)
@@ -256,6 +301,8 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         pids = dict(zip((name for name, _, _ in receivers), (p.pid for p in processes), strict=True))
         timings: dict[str, list[float]] = {name: [] for name, _, _ in receivers}
         cpu_ms: dict[str, list[float]] = {name: [] for name, _, _ in receivers}
+        creation = _settled_file_creation({"storescp's folder": scp_dir,
+                                           "the listener's": work / "node" / "storage" / "tmp"}, settle_s)
         for round_ in range(rounds):
             if round_ > 0:  # new UIDs each round, so nothing is a duplicate; the same files for every receiver
                 files = build_ct_series(sources, work / f"study{round_}", count)
@@ -337,6 +384,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
             print(f"at {listener_cpu:.2f} ms of CPU per instance a listener process receives at most "
                   f"{1000 / listener_cpu:.0f} inst/s on its one core; this machine has {os.cpu_count()} cores, "
                   f"shared here with the {senders} senders")
+        print(creation)
         print(f"listener rows recorded: {stored} of {expected}" + (" (each listener)" if senders > 1 else ""))
         return 0 if stored == expected else 1
     finally:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 
+from ops.bench import ingest
 from ops.bench.fsync_shim import c_compiler
 from ops.bench.ingest import run_ingest_benchmark
 from tests.conftest import require_tools
@@ -18,7 +20,7 @@ def test_ingest_benchmark_prints_every_receiver_the_ratios_and_the_durability_bo
     capsys: pytest.CaptureFixture[str], shared_data: Path,
 ) -> None:
     require_tools("storescu", "storescp")
-    assert run_ingest_benchmark(count=12, shared_data=str(shared_data), rounds=1) == 0
+    assert run_ingest_benchmark(count=12, shared_data=str(shared_data), rounds=1, settle_s=0) == 0
     out = capsys.readouterr().out
     for receiver in ("storescp", "listener", "listener, sqlite synchronous=NORMAL",
                      "listener's transport storing nothing", "stock pynetdicom storing nothing"):
@@ -38,6 +40,8 @@ def test_ingest_benchmark_prints_every_receiver_the_ratios_and_the_durability_bo
     assert re.search(r"^one instance per association \(12 storescu runs each, every storage SOP class proposed, 2 "
                      r"rounds, the sender's process start included\): storescp [\d.]+ ms, listener [\d.]+ ms per "
                      r"association \(\d+\.\d\dx\)$", out, re.M)
+    assert re.search(r"^a new file before the first round: \d+ us in storescp's folder, \d+ us in the listener's "
+                     r"\(median of 20\)", out, re.M)
     assert "listener rows recorded: 12 of 12" in out
 
 
@@ -45,7 +49,7 @@ def test_several_senders_add_the_multi_process_listener_and_the_cpu_bound(
     capsys: pytest.CaptureFixture[str], shared_data: Path,
 ) -> None:
     require_tools("storescu", "storescp")
-    assert run_ingest_benchmark(count=12, shared_data=str(shared_data), rounds=1, senders=2) == 0
+    assert run_ingest_benchmark(count=12, shared_data=str(shared_data), rounds=1, senders=2, settle_s=0) == 0
     out = capsys.readouterr().out
     processes = min(2, os.cpu_count() or 1)
     assert "2 storescu at once (one association each)" in out
@@ -54,3 +58,16 @@ def test_several_senders_add_the_multi_process_listener_and_the_cpu_bound(
     assert re.search(r"ms of CPU per instance a listener process receives at most \d+ inst/s", out)
     assert "one instance per association" not in out  # measured with one sender only
     assert "listener rows recorded: 12 of 12" in out
+
+
+def test_the_bench_waits_while_making_a_file_is_slow_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a threshold no file system meets, so that the wait is taken here on any disk
+    monkeypatch.setattr(ingest, "SLOW_CREATE_US", 0.0)
+    started = time.monotonic()
+    line = ingest._settled_file_creation({"the folder": tmp_path}, wait_s=1.5, every_s=1.0)
+    assert 1.0 <= time.monotonic() - started < 10
+    assert re.match(r"a new file before the first round: \d+ us in the folder \(median of 20\), after waiting 1 s "
+                    r"for the file system to settle after recent deletions; above 0 us the file system", line)
+    assert len(list(tmp_path.iterdir())) == 40  # two looks of 20 files each, left for the caller's clean-up
