@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ops.bench.fsync_shim import build_fsync_shim
 from ops.bench.net import DCMTK_ENV, DEFAULT_SHARED, free_port, wait_port
@@ -33,6 +34,7 @@ from ops.dcmtk import dcmtk, find_dcmtk
 TRANSPORT = "listener's transport storing nothing"
 DURABLE_SCP = "storescp, fsync file + folder"
 STOCK = "stock pynetdicom storing nothing"
+T = TypeVar("T")
 #: storescu runs of one instance each, per receiver and round, for the per-association line
 ASSOCIATION_RUNS = 40
 
@@ -65,6 +67,12 @@ def _ratios(reference: list[float], own: list[float]) -> list[float]:
     return [theirs / mine for theirs, mine in zip(reference, own, strict=True)]
 
 
+def _in_turn(items: list[T], round_: int) -> list[T]:
+    """The receivers in this round's order: as given, reversed every other round, so that whatever the
+    host does to the first or the last of a round treats them alike."""
+    return items if round_ % 2 == 0 else items[::-1]
+
+
 def _per_association_ms(port: int, called: str, files: list[Path]) -> float:
     """Milliseconds per storescu run of one file each: association set-up, one C-STORE, release, and the
     storescu process's own start, which every receiver pays alike (modalities often send one image per
@@ -83,7 +91,7 @@ def _one_per_association(sources: list[Path], folder: Path, runs: int,
     timings: dict[str, list[float]] = {name: [] for name in receivers}
     for round_ in range(2):
         files = build_ct_series(sources, folder / f"round{round_}", runs)
-        for name in (list(receivers) if round_ == 0 else list(receivers)[::-1]):
+        for name in _in_turn(list(receivers), round_):
             timings[name].append(_per_association_ms(*receivers[name], files))
     return timings
 
@@ -306,7 +314,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         for round_ in range(rounds):
             if round_ > 0:  # new UIDs each round, so nothing is a duplicate; the same files for every receiver
                 files = build_ct_series(sources, work / f"study{round_}", count)
-            for name, port, called in (receivers if round_ % 2 == 0 else receivers[::-1]):
+            for name, port, called in _in_turn(receivers, round_):
                 cpu_before = _cpu_seconds(pids[name])
                 timings[name].append(_send(port, called, files, senders))
                 cpu_after = _cpu_seconds(pids[name])
