@@ -2,7 +2,8 @@
 # Set up everything the tests need on a fresh machine and run them.
 #  - the project and its test extras in .venv (ops/setup.sh)
 #  - the real peers from Debian: dcmtk (storescu, storescp, echoscu), dicom3tools (dciodvfy),
-#    Orthanc (a test PACS), PostgreSQL and Redis servers (installed when missing and running as root)
+#    Orthanc (a test PACS), PostgreSQL and Redis servers, eatmydata (the ingest bench's listener without
+#    its flushes) (installed when missing and running as root)
 #  - PostgreSQL and Redis on loopback: started when installed but not running (the fixtures also do)
 # Extra arguments go to pytest, e.g. ops/test.sh -k listener -x
 set -euo pipefail
@@ -13,6 +14,7 @@ need=()
 command -v storescu >/dev/null || need+=(dcmtk)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v Orthanc >/dev/null || need+=(orthanc)
+command -v eatmydata >/dev/null || need+=(eatmydata)  # the ingest bench's listener without its flushes
 command -v redis-server >/dev/null || need+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ "${#need[@]}" -gt 0 ]; then

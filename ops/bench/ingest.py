@@ -8,7 +8,9 @@ table gives the median of those ratios and their range. The listener keeps its d
 file and directory, committed row before Success); storescp writes its files without fsync, so the
 ratio is the price of never losing an acknowledged image. A second storescp fsyncs each file and its
 folder before it answers (``fsync_on_close.c`` preloaded): the same rule in dcmtk's own C code, so what
-the disk charges for durability shows apart from what the listener's own code costs.
+the disk charges for durability shows apart from what the listener's own code costs. A second listener
+runs with fsync and fdatasync made no-ops (Debian's eatmydata, preloaded): not durable, it is there to
+show how much of the listener's time per instance is those flushes and how much is everything else.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ops.dcmtk import dcmtk, find_dcmtk
 
 TRANSPORT = "listener's transport storing nothing"
 DURABLE_SCP = "storescp, fsync file + folder"
+NO_FLUSH = "listener, no fsync (not durable)"
 STOCK = "stock pynetdicom storing nothing"
 T = TypeVar("T")
 #: storescu runs of one instance each, per receiver and round, for the per-association line
@@ -214,7 +217,10 @@ def _settled_file_creation(folders: dict[str, Path], wait_s: float = 120.0, ever
     11-27 us on a settled disk; perf put a quarter of the listener's CPU in that search
     (``find_inode_bit``, ``recently_deleted``) in runs after such deletions. Each receiver pays it on every
     instance, more or less depending on where its folder lies, and on a 2-core machine that CPU is taken
-    from the sender. The previous run's clean-up of its work folder is such a deletion.
+    from the sender. The previous run's clean-up of its work folder is such a deletion. The kernel's rule
+    (``recently_deleted`` in fs/ext4/ialloc.c): an inode freed less than 60 s ago is passed over, or less
+    than 300 s ago while its inode table block is not yet written back; in some folders a new file still
+    took 0.23-0.42 ms two and a half minutes after a deletion, so a run that waited its full time says so.
     """
     started = time.monotonic()
     while True:
@@ -297,12 +303,23 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
                     "TRIAGE_DURABLE_COMMIT": "false"}
         processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "listen"], env=fast_env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # the same listener with fsync and fdatasync doing nothing (Debian's eatmydata): not durable, run
+        # only to show what of its time is the disk's flushes and what is everything else
+        eatmydata, no_flush_receivers = shutil.which("eatmydata"), []
+        if eatmydata is not None:
+            no_flush_port = free_port()
+            no_flush_env = {**node_env, "TRIAGE_DATA_DIR": str(work / "node-no-flush"),
+                            "TRIAGE_PORT": str(no_flush_port)}
+            processes.append(subprocess.Popen([eatmydata, sys.executable, "-m", "ops.cli", "listen"],
+                                              env=no_flush_env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+            no_flush_receivers.append((NO_FLUSH, no_flush_port, "TRIAGE"))
         # pynetdicom receiving and answering, storing nothing: the listener's transport (event-driven
         # reactor) and pynetdicom's stock polling one, side by side
         for port, extra in ((null_port, []), (stock_port, ["--stock"])):
             processes.append(subprocess.Popen([sys.executable, "-m", "ops.bench.null_scp", str(port), *extra],
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        receivers += [("listener, sqlite synchronous=NORMAL", fast_port, "TRIAGE"),
+        receivers += [("listener, sqlite synchronous=NORMAL", fast_port, "TRIAGE"), *no_flush_receivers,
                       (TRANSPORT, null_port, "NULLSCP"), (STOCK, stock_port, "NULLSCP")]
         for _, port, _ in receivers:
             wait_port(port)
@@ -368,6 +385,17 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
                   f"the listener {to_durable:.2f}x of that storescp")
         else:
             print(f"({DURABLE_SCP} not run: {no_shim})")
+        if NO_FLUSH in timings:
+            # per round: what the listener's flushes add to each instance, and its cycle without them
+            flush_ms = [(durable - skipped) * 1000 / count
+                        for durable, skipped in zip(timings["listener"], timings[NO_FLUSH], strict=True)]
+            print(f"without its flushes (fsync and fdatasync made no-ops by eatmydata: not durable, for comparison "
+                  f"only) the listener reaches {ratio[NO_FLUSH]:.2f}x storescp, {1000 / rate[NO_FLUSH]:.2f} ms per "
+                  f"instance against storescp's {1000 / rate['storescp']:.2f} ms: the flushes of its durability "
+                  f"rule add {statistics.median(flush_ms):.2f} ms per instance on this disk (median of the rounds; "
+                  f"{min(flush_ms):.2f} to {max(flush_ms):.2f})")
+        else:
+            print(f"({NO_FLUSH} not run: eatmydata not found: apt-get install eatmydata)")
         if per_association:
             scp_ms, node_ms = (statistics.median(per_association[name]) for name in ("storescp", "listener"))
             to_scp = statistics.median(_ratios(per_association["storescp"], per_association["listener"]))

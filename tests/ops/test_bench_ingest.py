@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -34,6 +35,15 @@ def test_ingest_benchmark_prints_every_receiver_the_ratios_and_the_durability_bo
                          r"\d+\.\d\dx of that storescp", out)
     else:
         assert "(storescp, fsync file + folder not run: no C compiler" in out
+    if shutil.which("eatmydata") is not None:  # Debian's eatmydata, installed by ops/test.sh
+        assert re.search(r"^listener, no fsync \(not durable\) +12 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x "
+                         r"+[\d.]+-[\d.]+x +[\d.]+$", out, re.M)
+        assert re.search(r"^without its flushes \(fsync and fdatasync made no-ops by eatmydata: not durable, for "
+                         r"comparison only\) the listener reaches \d+\.\d\dx storescp, [\d.]+ ms per instance "
+                         r"against storescp's [\d.]+ ms: the flushes of its durability rule add -?[\d.]+ ms per "
+                         r"instance on this disk \(median of the rounds; -?[\d.]+ to -?[\d.]+\)$", out, re.M)
+    else:
+        assert "(listener, no fsync (not durable) not run: eatmydata not found" in out
     assert re.search(r"after its last byte, one after the other: its fsync [\d.]+ ms, rename \+ directory fsync "
                      r"[\d.]+ ms, SQLite commit \(WAL, FULL\) [\d.]+ ms", out)
     assert re.search(r"with these steps added to its cycle in full, \d\.\d\dx on one association", out)
