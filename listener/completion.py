@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Job, JobState, OutboxMessage, Study, StudyState, utcnow
@@ -51,12 +52,12 @@ def complete_quiet_studies(
     completed: list[str] = []
     for study_id, study_uid, count, last_at in candidates:
         with sessions() as session, session.begin():
-            changed = session.execute(
+            changed = cast(CursorResult[Any], session.execute(
                 update(Study)
                 .where(Study.id == study_id, Study.state == StudyState.receiving, Study.instance_count == count)
                 .values(state=StudyState.complete, completed_at=now, completions=Study.completions + 1)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            )).rowcount
             if changed != 1:
                 continue  # an instance arrived meanwhile: the quiet period starts again
             job = Job(study_id=study_id, state=JobState.pending, created_at=now, updated_at=now)

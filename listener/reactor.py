@@ -168,7 +168,7 @@ class WakingDUL(DULServiceProvider):
                 # The peer left before asking for an association (a port probe, a health check):
                 # pynetdicom's acceptor would hold its thread, and a place under the association
                 # limit, until acse_timeout. None is what its wait returns on that timeout.
-                self.to_user_queue.put(None)
+                self.to_user_queue.put(cast(Any, None))
 
     def _wake(self) -> None:
         try:

@@ -45,13 +45,14 @@ import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 from pydicom.filereader import read_dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import (
     AllStoragePresentationContexts,
     PresentationContext,
@@ -59,6 +60,7 @@ from pynetdicom.presentation import (
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -100,7 +102,7 @@ def storage_contexts() -> list[PresentationContext]:
     """Verification plus every storage SOP class, each with every decodable transfer syntax."""
     syntaxes = supported_transfer_syntaxes()
     contexts = [build_context(Verification, syntaxes)]
-    contexts += [build_context(cx.abstract_syntax, syntaxes) for cx in AllStoragePresentationContexts]
+    contexts += [build_context(cast(str, cx.abstract_syntax), syntaxes) for cx in AllStoragePresentationContexts]
     return contexts
 
 
@@ -182,10 +184,12 @@ class _AccessControlledServer(ThreadedAssociationServer):
 
     allowed_networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()
     reuse_port = False
+    #: where the request handler streams received data sets (listener.reactor, listener.streaming)
+    instance_store: InstanceStore | None = None
 
     def server_bind(self) -> None:
         if self.reuse_port:  # before bind: the kernel then spreads new connections over the processes
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
@@ -230,7 +234,7 @@ class Listener:
     ) -> None:
         self.store = store
         with sessions() as session:
-            self._recorder = InstanceRecorder(session.get_bind())
+            self._recorder = InstanceRecorder(cast(Engine, session.get_bind()))
         self._host = host
         self._port = port
         self._allowed_networks = [ipaddress.ip_network(h, strict=False) for h in allowed_hosts]
@@ -272,20 +276,20 @@ class Listener:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        handlers = [
+        handlers: list[evt.EventHandlerType] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
-        server = self.ae.make_server(
+        server = cast(_AccessControlledServer, self.ae.make_server(
             (self._host, self._port),
             ssl_context=self._ssl_context,
             evt_handlers=handlers,
             server_class=self._server_class,
             request_handler=EventDrivenRequestHandler,
-        )
+        ))
         server.allowed_networks = self._allowed_networks
         server.instance_store = self.store  # data sets written as they arrive (listener.streaming)
         self.ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() agree
@@ -330,17 +334,17 @@ class Listener:
 
     def _on_store(self, event_: evt.Event) -> int:
         started = time.perf_counter()
-        request = event_.request
+        request = cast(C_STORE, event_.request)
         calling_ae = str(event_.assoc.requestor.ae_title).strip()
         transfer_syntax = str(event_.context.transfer_syntax)
         dimse = event_.assoc.dimse
         stream, answer = None, None
         if isinstance(dimse, StreamingDIMSEProvider):
-            stream = dimse.take_stream(request.MessageID)
+            stream = dimse.take_stream(cast(int, request.MessageID))
             answer = functools.partial(dimse.answer_now, request, event_.context.context_id)
         # the received bytes themselves, not a copy (getvalue() would copy half a megabyte per CT slice)
-        return self._store(request.DataSet.getbuffer(), request, transfer_syntax, calling_ae, started, stream,
-                           answer)
+        return self._store(cast(io.BytesIO, request.DataSet).getbuffer(), request, transfer_syntax, calling_ae,
+                           started, stream, answer)
 
     def _store(self, dataset: memoryview, request: Any, transfer_syntax: str, calling_ae: str, started: float,
                stream: InstanceStream | None = None, answer: Callable[[int], bool] | None = None) -> int:

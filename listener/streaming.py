@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
@@ -260,7 +260,7 @@ class StreamingDIMSEProvider(PackingDIMSEProvider):
         try:
             if message.data_set.tell() == 0:  # type: ignore[union-attr]  # none of it came with the command
                 command = message.command_set
-                syntax = self.assoc._accepted_cx[message.context_id].transfer_syntax[0]
+                syntax = self.assoc._accepted_cx[cast(int, message.context_id)].transfer_syntax[0]
                 prefix = file_meta_bytes(command.AffectedSOPClassUID, command.AffectedSOPInstanceUID, syntax)
                 message_id = int(command.MessageID)
                 stream, self._spare = self._spare or InstanceStream(self._store, self._io), None

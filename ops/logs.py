@@ -33,7 +33,8 @@ class _Formatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RESERVED and key != "event" and not key.startswith("_"):
                 fields[key] = value
-        if getattr(record, "event", None) and record.msg and record.getMessage() != record.event:
+        name = getattr(record, "event", None)
+        if name and record.msg and record.getMessage() != name:
             fields["msg"] = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]

@@ -17,6 +17,7 @@ instances/s): bound, its "ceiling" row was below the listener it bounds.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ae = AE(ae_title="NULLSCP")
     ae.supported_contexts = AllStoragePresentationContexts
     ae.maximum_pdu_size = 1_048_576
-    options = {} if args.stock else {"request_handler": EventDrivenRequestHandler}
+    options: dict[str, Any] = {} if args.stock else {"request_handler": EventDrivenRequestHandler}
     server = ae.make_server(("127.0.0.1", args.port), evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
                             **options)
     server.serve_forever()
