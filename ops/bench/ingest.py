@@ -8,7 +8,7 @@ table gives the median of those ratios and their range. The listener keeps its d
 file and directory, committed row before Success); storescp writes its files without fsync, so the
 ratio is the price of never losing an acknowledged image. A second storescp fsyncs each file and its
 folder before it answers (``fsync_on_close.c`` preloaded): the same rule in dcmtk's own C code, so what
-the disk charges for durability shows apart from what the listener's own code costs. A second listener
+the disk charges for durability shows apart from what the listener's own code costs. Another listener
 runs with fsync and fdatasync made no-ops (Debian's eatmydata, preloaded): not durable, it is there to
 show how much of the listener's time per instance is those flushes and how much is everything else.
 """
