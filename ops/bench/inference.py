@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -283,50 +284,55 @@ def run_inference_benchmark(models: list[str], batches: list[int] | None = None,
           f"{seconds / rounds:.1f} s per row; weights: {'paper width, random' if paper_width else 'committed'}")
     verdicts: list[str] = []
     scratch = Path(tempfile.mkdtemp(prefix="triage-bench-inference-"))
-    study_loaded: tuple[Any, Path] | None = None
-    for name in models:
-        try:
-            if paper_width:
-                loaded, wdir = _random_weights(name, scratch), scratch
-            else:
-                loaded, wdir = load_weights(name), weights_dir()
-        except WeightsError as exc:
-            print(f"\n{name}: skipped ({exc})")
-            continue
-        if study_loaded is None and name in ("deep-ct-net", "ct-net"):
-            study_loaded = (loaded, wdir)
-        rows, skipped = _rows_for(loaded, wdir, batches, gpu, scratch)
-        _measure(rows, seconds, rounds)
-        eager = _print_table(name, int(loaded.config.get("image_size", 256)), rows)
-        for reason in skipped:
-            print(f"  not measured: {reason}")
-        if not gpu:  # the target is the default runtime's: what auto picks here, in its precision
-            from engine.predictor import auto_backend
+    try:
+        study_loaded: tuple[Any, Path] | None = None
+        for name in models:
+            try:
+                if paper_width:
+                    loaded, wdir = _random_weights(name, scratch), scratch
+                else:
+                    loaded, wdir = load_weights(name), weights_dir()
+            except WeightsError as exc:
+                print(f"\n{name}: skipped ({exc})")
+                continue
+            if study_loaded is None and name in ("deep-ct-net", "ct-net"):
+                study_loaded = (loaded, wdir)
+            rows, skipped = _rows_for(loaded, wdir, batches, gpu, scratch)
+            _measure(rows, seconds, rounds)
+            eager = _print_table(name, int(loaded.config.get("image_size", 256)), rows)
+            for reason in skipped:
+                print(f"  not measured: {reason}")
+            if not gpu:  # the target is the default runtime's: what auto picks here, in its precision
+                from engine.predictor import auto_backend
 
-            info = auto_backend(loaded, wdir).info
-            ratios = [r.per_second / eager[r.batch] for r in rows
-                      if (r.runtime, r.precision) == (info.runtime, info.precision) and eager.get(r.batch)]
-            worst, best = (min(ratios), max(ratios)) if ratios else (float("nan"), float("nan"))
-            verdicts.append(f"{name}: default runtime ({info.runtime}) {info.precision} {worst:.2f}x-{best:.2f}x "
-                            f"eager fp32 (target >= {CPU_TARGET}x): {'met' if worst >= CPU_TARGET else 'NOT met'}")
-        else:
-            top = max(batches)
-            best_row = max((r for r in rows if r.batch == top), key=lambda r: r.per_second)
-            ratio = best_row.per_second / eager[top]
-            verdicts.append(f"{name}: best runtime at batch {top} {best_row.runtime} {best_row.precision} "
-                            f"{ratio:.2f}x eager fp32 (target >= {GPU_TARGET}x for deep-ct-net at 256x256): "
-                            f"{'met' if ratio >= GPU_TARGET else 'NOT met'}")
-    data = Path(shared_data) if shared_data else Path(os.environ.get("TRIAGE_SHARED_DATA", DEFAULT_SHARED))
-    _stage_table(data, gpu)
-    if study_loaded is not None:
-        how, seconds_study = _study_time(*study_loaded, study_slices)
-        ms = seconds_study * 1000
-        target = f" (GPU target < {STUDY_TARGET_MS:.0f} ms: {'met' if ms < STUDY_TARGET_MS else 'NOT met'})" if gpu else ""
-        print(f"\n{study_slices}-slice CT study, inference only ({study_loaded[0].name}, {how}): {ms:.1f} ms{target}")
-    print("\nTargets:")
-    for line in verdicts:
-        print(f"  {line}")
-    return 0
+                info = auto_backend(loaded, wdir).info
+                ratios = [r.per_second / eager[r.batch] for r in rows
+                          if (r.runtime, r.precision) == (info.runtime, info.precision) and eager.get(r.batch)]
+                worst, best = (min(ratios), max(ratios)) if ratios else (float("nan"), float("nan"))
+                verdicts.append(f"{name}: default runtime ({info.runtime}) {info.precision} {worst:.2f}x-{best:.2f}x "
+                                f"eager fp32 (target >= {CPU_TARGET}x): {'met' if worst >= CPU_TARGET else 'NOT met'}")
+            else:
+                top = max(batches)
+                best_row = max((r for r in rows if r.batch == top), key=lambda r: r.per_second)
+                ratio = best_row.per_second / eager[top]
+                verdicts.append(f"{name}: best runtime at batch {top} {best_row.runtime} {best_row.precision} "
+                                f"{ratio:.2f}x eager fp32 (target >= {GPU_TARGET}x for deep-ct-net at 256x256): "
+                                f"{'met' if ratio >= GPU_TARGET else 'NOT met'}")
+        data = Path(shared_data) if shared_data else Path(os.environ.get("TRIAGE_SHARED_DATA", DEFAULT_SHARED))
+        _stage_table(data, gpu)
+        if study_loaded is not None:
+            how, seconds_study = _study_time(*study_loaded, study_slices)
+            ms = seconds_study * 1000
+            verdict = "met" if ms < STUDY_TARGET_MS else "NOT met"
+            target = f" (GPU target < {STUDY_TARGET_MS:.0f} ms: {verdict})" if gpu else ""
+            print(f"\n{study_slices}-slice CT study, inference only ({study_loaded[0].name}, {how}): "
+                  f"{ms:.1f} ms{target}")
+        print("\nTargets:")
+        for line in verdicts:
+            print(f"  {line}")
+        return 0
+    finally:  # the exports made for the rows (int8, paper width) go with it
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - convenience for python -m
