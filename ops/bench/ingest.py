@@ -239,6 +239,14 @@ def _settled_file_creation(folders: dict[str, Path], wait_s: float = 120.0, ever
     return line
 
 
+def _listener(env: dict[str, str], wrapper: str | None = None) -> subprocess.Popen[bytes]:
+    """``triage listen`` in its own process with ``env`` (its data folder and port), started through
+    ``wrapper`` when given (a command that runs the rest of its arguments, as eatmydata does)."""
+    command = [sys.executable, "-m", "ops.cli", "listen"]
+    return subprocess.Popen([wrapper, *command] if wrapper else command, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def _stored_rows(database: Path) -> int:
     import sqlite3
 
@@ -287,22 +295,19 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         node_env.update({"TRIAGE_DATA_DIR": str(work / "node"), "TRIAGE_PORT": str(node_port),
                          "TRIAGE_QUIET_SECONDS": "3600", "TRIAGE_COMPLETION_CEILING_SECONDS": "3600",
                          "TRIAGE_LOG_LEVEL": "WARNING"})
-        processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "listen"], env=node_env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(_listener(node_env))
         receivers = [("storescp", scp_port, "STORESCP"), *durable_receivers, ("listener", node_port, "TRIAGE")]
         if senders > 1:  # one listener process per core (TRIAGE_LISTENER_PROCESSES) beside the default one
             cores = min(senders, os.cpu_count() or 1)
             multi_port = free_port()
             multi_env = {**node_env, "TRIAGE_DATA_DIR": str(work / "node-multi"), "TRIAGE_PORT": str(multi_port),
                          "TRIAGE_LISTENER_PROCESSES": str(cores)}
-            processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "listen"], env=multi_env,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            processes.append(_listener(multi_env))
             receivers.append((f"listener, {cores} processes", multi_port, "TRIAGE"))
         # the same listener with SQLite commits not fsynced (files still are): the price of FULL
         fast_env = {**node_env, "TRIAGE_DATA_DIR": str(work / "node-normal"), "TRIAGE_PORT": str(fast_port),
                     "TRIAGE_DURABLE_COMMIT": "false"}
-        processes.append(subprocess.Popen([sys.executable, "-m", "ops.cli", "listen"], env=fast_env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        processes.append(_listener(fast_env))
         # the same listener with fsync and fdatasync doing nothing (Debian's eatmydata): not durable, run
         # only to show what of its time is the disk's flushes and what is everything else
         eatmydata, no_flush_receivers = shutil.which("eatmydata"), []
@@ -310,9 +315,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
             no_flush_port = free_port()
             no_flush_env = {**node_env, "TRIAGE_DATA_DIR": str(work / "node-no-flush"),
                             "TRIAGE_PORT": str(no_flush_port)}
-            processes.append(subprocess.Popen([eatmydata, sys.executable, "-m", "ops.cli", "listen"],
-                                              env=no_flush_env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL))
+            processes.append(_listener(no_flush_env, wrapper=eatmydata))
             no_flush_receivers.append((NO_FLUSH, no_flush_port, "TRIAGE"))
         # pynetdicom receiving and answering, storing nothing: the listener's transport (event-driven
         # reactor) and pynetdicom's stock polling one, side by side
