@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, exists, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 
@@ -58,6 +58,20 @@ _TOUCH_STUDY = (
 _COUNT_SERIES = (
     update(Series).where(Series.id == bindparam("p_series")).values(instance_count=Series.instance_count + 1)
 )
+# Taking back the row of an instance whose file could not be placed after the row was committed: the
+# instance goes, the counts go down again, and the series and study rows go too when this instance was
+# what made them (nothing else in them, the study never completed: no job or outbox row refers to it).
+_DROP_INSTANCE = delete(Instance).where(Instance.id == bindparam("p_instance"))
+_UNCOUNT_STUDY = (
+    update(Study).where(Study.id == bindparam("p_study")).values(instance_count=Study.instance_count - 1)
+)
+_UNCOUNT_SERIES = (
+    update(Series).where(Series.id == bindparam("p_series")).values(instance_count=Series.instance_count - 1)
+)
+_DROP_EMPTY_SERIES = delete(Series).where(Series.id == bindparam("p_series"), Series.instance_count == 0)
+_DROP_EMPTY_STUDY = delete(Study).where(
+    Study.id == bindparam("p_study"), Study.instance_count == 0, Study.completions == 0,
+    ~exists().where(Series.study_id == Study.id))
 _STUDY_COLUMNS = ("study_uid", "state", "opened_at", "last_instance_at", "completions", "instance_count",
                   "created_at")
 _SERIES_COLUMNS = ("study_id", "series_uid", "modality", "series_number", "instance_count", "created_at")
@@ -90,9 +104,11 @@ class InstanceRecorder:
         self.count_series = PreparedStatement(_COUNT_SERIES, dialect)
         self.add_instance = PreparedStatement(
             insert(Instance).values({c: bindparam(c) for c in _INSTANCE_COLUMNS}).returning(Instance.id), dialect)
+        self.take_back = tuple(PreparedStatement(statement, dialect) for statement in (
+            _DROP_INSTANCE, _UNCOUNT_STUDY, _UNCOUNT_SERIES, _DROP_EMPTY_SERIES, _DROP_EMPTY_STUDY))
         #: all of them, for the test that holds each to what SQLAlchemy itself would send
         self.statements = (self.find_path, self.study_id, self.series_id, self.add_study, self.add_series,
-                           self.reopen, self.touch_study, self.count_series, self.add_instance)
+                           self.reopen, self.touch_study, self.count_series, self.add_instance, *self.take_back)
 
     @contextmanager
     def transaction(self) -> Iterator[RecordingTransaction]:
@@ -149,6 +165,22 @@ class RecordingTransaction:
 
     def commit(self) -> None:
         self._connection.commit()
+
+    def begin(self) -> None:
+        """Begin the next transaction on this connection after :meth:`commit`."""
+        if self._recorder.sqlite:  # the driver's own transaction handling is off (db.session)
+            self._cursor.execute(SQLITE_BEGIN)
+
+    def take_back(self, instance_id: int, series_id: int, study_id: int) -> None:
+        """Remove a committed instance row whose file never reached its place; the caller commits.
+
+        The counts go down again, and the instance's series and study rows go too where it was their only
+        instance and the study never completed. A study this instance re-opened stays re-opened: it
+        completes, and is analysed, once more.
+        """
+        ids = {"p_instance": instance_id, "p_series": series_id, "p_study": study_id}
+        for statement in self._recorder.take_back:
+            statement.execute(self._cursor, ids)
 
     def rollback(self) -> None:
         """Undo this transaction's statements and begin a new one (for the look-up after a refusal)."""

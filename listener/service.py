@@ -11,6 +11,7 @@ from types import FrameType
 from sqlalchemy.orm import Session, sessionmaker
 
 from listener.completion import CompletionSweeper
+from listener.recovery import take_back_unplaced
 from listener.server import Listener, make_ssl_context
 from listener.storage import InstanceStore
 from ops.config import Settings
@@ -24,14 +25,16 @@ def build_listener(settings: Settings, sessions: sessionmaker[Session], *, first
     """Clean leftovers of a crash and wire the listener and sweeper to the node's database.
 
     With ``TRIAGE_LISTENER_PROCESSES`` above one, every listener process shares the port; only the
-    ``first`` cleans the temporary folder (before the others start: later, it would delete their
-    in-flight files), and only its caller runs the sweeper.
+    ``first`` cleans the temporary folder and takes back the rows of instances whose files never got
+    their names (``listener.recovery``), before the others start (later, it would delete their in-flight
+    files), and only its caller runs the sweeper.
     """
     store = InstanceStore(settings.storage_dir)
     if first:
         removed = store.clean_tmp()
         if removed:
             event(log, "listener.tmp.cleaned", files=removed)
+        take_back_unplaced(sessions, store)  # rows of instances in flight when it stopped (logged)
     ssl_context = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         ssl_context = make_ssl_context(settings.tls_cert, settings.tls_key, settings.tls_ca,

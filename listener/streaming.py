@@ -96,7 +96,13 @@ class InstanceStream:
         """Remove the file once the writes queued before are done (the handler wrote it otherwise)."""
         self._run(self._discard)
 
-    def _run(self, task: Callable[[], Path | None]) -> Future[Any]:
+    def after_writes(self, task: Callable[[], None]) -> Future[None]:
+        """Run ``task`` on this stream's I/O thread right after what is queued there (the last write and
+        the fsync once :meth:`finish` was called): the handler's rename follows the fsync there, with no
+        wait for the handler's thread to wake up, while that thread commits the row."""
+        return self._run(task)
+
+    def _run(self, task: Callable[[], Path | None] | Callable[[], None]) -> Future[Any]:
         """``task`` after the writes queued before it; here and now if the association closed."""
         try:
             return self._io.submit(task)

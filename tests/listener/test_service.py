@@ -130,6 +130,45 @@ def test_sigterm_finishes_running_transfers_and_refuses_new_associations(
     assert '"event":"process.signal"' in log and '"aborted_associations":0' in log
 
 
+def test_the_start_takes_back_a_row_whose_file_never_got_its_name(
+    tmp_path: Path, axial_ct_files: list[Path],
+) -> None:
+    """The listener commits a row while its file is renamed: after a crash between the two, the next start
+    removes the row, and the sender's re-send stores the instance again."""
+    require_tools("storescu")
+    files = build_ct_series(axial_ct_files, tmp_path / "study", 3)
+    port = free_port()
+    sessions = make_sessionmaker(make_engine(f"sqlite:///{tmp_path / 'node' / 'triage.db'}"))
+
+    def stored() -> dict[str, str]:
+        with sessions() as session:
+            return dict(session.execute(select(Instance.sop_instance_uid, Instance.path)).tuples().all())
+
+    process = _listen(tmp_path, port)
+    try:
+        assert storescu(port, files).returncode == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    rows = stored()
+    assert len(rows) == 3
+    lost_uid, lost_path = sorted(rows.items())[0]
+    (tmp_path / "node" / "storage" / lost_path).unlink()  # as if its rename never reached the disk
+
+    process = _listen(tmp_path, port)
+    try:
+        assert set(stored()) == set(rows) - {lost_uid}
+        assert '"event":"listener.recovery.rows_taken_back"' in (tmp_path / "listener.log").read_text()
+        assert storescu(port, files).returncode == 0  # the sender's re-send
+        assert stored() == rows
+        assert (tmp_path / "node" / "storage" / lost_path).is_file()
+        with sessions() as session:
+            assert session.scalar(select(Study.instance_count)) == 3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+
+
 def test_readme_run_command_starts_a_node_with_embedded_defaults(tmp_path: Path) -> None:
     """The README's run command, as a new user runs it: nothing to configure, nothing to start first."""
     require_tools("echoscu")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Instance
+from db.models import Instance, Series, Study
 from db.session import make_engine, make_sessionmaker
 from listener import statuses
 from listener.records import RecordingTransaction
@@ -98,29 +100,81 @@ def test_database_unavailable_answers_out_of_resources_and_leaves_no_file(
                     note="answered 0xA700, no orphan file")
 
 
-def test_commit_comes_after_the_file_is_placed_and_a_failed_commit_removes_it(
+def test_a_failed_commit_removes_the_placed_file(
     sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     listener = listener_factory(sessions)
-    seen_at_commit: list[list[Path]] = []
-
     driver_errors = listener._recorder.driver_errors  # what the database driver raises (PEP 249)
+    failed = threading.Event()
 
     def failing_commit(self: RecordingTransaction) -> None:
-        seen_at_commit.append([p for p in _files_under(listener.store.root) if p.parent != listener.store.tmp_dir])
+        failed.set()
         raise driver_errors.OperationalError("disk I/O error")
 
+    placed: list[Path] = []
+    place = InstanceStore.place
+
+    def place_after_the_failure(self: InstanceStore, tmp: Path, rel: Path) -> None:
+        assert failed.wait(10)  # the file reaches its name after the commit failed: the worst order
+        place(self, tmp, rel)
+        placed.append(self.root / rel)
+
     monkeypatch.setattr(RecordingTransaction, "commit", failing_commit)
+    monkeypatch.setattr(InstanceStore, "place", place_after_the_failure)
     instance = copy_with_new_identity(ct_files[0], tmp_path / "one.dcm")
     assert send_files(listener.port, [instance]) == [statuses.OUT_OF_RESOURCES]
     monkeypatch.undo()
-    # the file had its final name (written, fsynced, renamed) when the commit was attempted ...
-    assert len(seen_at_commit) == 1 and [p.name for p in seen_at_commit[0]] == [
-        pydicom.dcmread(instance, stop_before_pixels=True).SOPInstanceUID + ".dcm"]
+    # the file had its final name (written, fsynced, renamed) ...
+    assert [p.name for p in placed] == [pydicom.dcmread(instance, stop_before_pixels=True).SOPInstanceUID + ".dcm"]
     # ... and nothing is left once the commit failed: no file, no temporary file, no row
     assert _files_left(listener.store) == []
     with sessions() as session:
         assert session.scalar(select(func.count(Instance.id))) == 0
     # the sender's retry stores it
     assert send_files(listener.port, [instance]) == [statuses.SUCCESS]
+
+
+def test_a_file_that_cannot_be_placed_takes_its_committed_row_back(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    listener = listener_factory(sessions)
+    first = copy_with_new_identity(ct_files[0], tmp_path / "first.dcm")
+    assert send_files(listener.port, [first]) == [statuses.SUCCESS]
+    committed = threading.Event()
+    commit = RecordingTransaction.commit
+
+    def noted_commit(self: RecordingTransaction) -> None:
+        commit(self)
+        committed.set()
+
+    def failing_place(self: InstanceStore, tmp: Path, rel: Path) -> None:
+        assert committed.wait(10)  # the row is committed before the file fails: the worst order
+        raise OSError(errno.EIO, "Input/output error")
+
+    # one instance of a new study, one of the first one's series (and study)
+    new_study = copy_with_new_identity(ct_files[1], tmp_path / "new-study.dcm")
+    same_series = tmp_path / "same-series.dcm"
+    ds = pydicom.dcmread(copy_with_new_identity(ct_files[1], tmp_path / "tmp.dcm"))
+    kept = pydicom.dcmread(first, stop_before_pixels=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = kept.StudyInstanceUID, kept.SeriesInstanceUID
+    ds.save_as(same_series)
+    monkeypatch.setattr(RecordingTransaction, "commit", noted_commit)
+    monkeypatch.setattr(InstanceStore, "place", failing_place)
+    for failing in (new_study, same_series):
+        committed.clear()
+        assert send_files(listener.port, [failing]) == [statuses.OUT_OF_RESOURCES]
+    monkeypatch.undo()
+    # the rows are taken back: the first instance alone, its counts as they were, no empty study or series
+    with sessions() as session:
+        assert session.scalars(select(Instance.sop_instance_uid)).all() == [kept.SOPInstanceUID]
+        assert session.execute(select(Study.study_uid, Study.instance_count)).all() == [(kept.StudyInstanceUID, 1)]
+        assert session.execute(select(Series.series_uid, Series.instance_count)).all() == [
+            (kept.SeriesInstanceUID, 1)]
+    assert [p.name for p in _files_left(listener.store)] == [kept.SOPInstanceUID + ".dcm"]
+    # the sender's retries store them
+    assert send_files(listener.port, [new_study, same_series]) == [statuses.SUCCESS, statuses.SUCCESS]
+    with sessions() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 3
+        assert session.scalar(select(Study.instance_count).where(Study.study_uid == kept.StudyInstanceUID)) == 2

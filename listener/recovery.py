@@ -1,0 +1,79 @@
+"""At start, before serving: take back the rows of the last instances whose files never got their names.
+
+The listener commits an instance's row while the instance's file is fsynced, renamed and its folder
+fsynced (``listener.server``), and answers Success only once both are done. A crash between the two
+(SIGKILL, a power cut) can leave a committed row whose file is still under its temporary name, which
+the start removes, or whose rename never reached the disk. The sender had no answer for it and sends
+it again, and a re-send heals such a row; but until then the database would count an instance the
+node does not hold. So each start looks at the rows received in the last moments before the newest
+one, the only ones that can be in that state after the whole listener stopped, and takes back those
+without a file, as the listener does when a file fails while its row commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import cast
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.models import Instance, Series
+from listener.records import InstanceRecorder
+from listener.storage import InstanceStore
+from ops.logs import event
+
+log = logging.getLogger("triage.listener")
+
+#: How far back from the newest row to look: the rows in flight when the listener stopped were all
+#: received within a C-STORE's time of it (milliseconds); a minute leaves room for clocks and slow disks.
+RECENT_WINDOW = timedelta(seconds=60)
+#: At most this many rows are checked (the newest first): a stat each, before the listener serves.
+RECENT_LIMIT = 20_000
+
+
+def take_back_unplaced(sessions: sessionmaker[Session], store: InstanceStore,
+                       window: timedelta = RECENT_WINDOW, limit: int = RECENT_LIMIT) -> int:
+    """Remove the rows, among the newest, whose instance file is missing; how many were removed.
+
+    A database that cannot be reached is logged and passed over: the listener cannot store either until
+    it is back, and a re-send heals what is left.
+    """
+    driver_errors = cast(Engine, sessions.kw["bind"]).dialect.loaded_dbapi.Error  # raised on raw connections
+    try:
+        return _take_back_unplaced(sessions, store, window, limit)
+    except (SQLAlchemyError, driver_errors) as exc:
+        event(log, "listener.recovery.skipped", logging.WARNING, error=type(exc).__name__,
+              hint="check the database; rows of instances in flight at the last stop are healed when re-sent")
+        return 0
+
+
+def _take_back_unplaced(sessions: sessionmaker[Session], store: InstanceStore, window: timedelta,
+                        limit: int) -> int:
+    with sessions() as session:
+        engine = cast(Engine, session.get_bind())
+        newest = session.scalar(select(func.max(Instance.received_at)))
+        if newest is None:
+            return 0
+        rows = session.execute(
+            select(Instance.id, Instance.series_id, Series.study_id, Instance.path)
+            .join(Series, Series.id == Instance.series_id)
+            .where(Instance.received_at >= newest - window)
+            .order_by(Instance.id.desc())
+            .limit(limit)
+        ).all()
+        session.rollback()
+    missing = [row for row in rows if not store.exists(row.path)]
+    if not missing:
+        return 0
+    recorder = InstanceRecorder(engine)
+    for row in missing:
+        with recorder.transaction() as transaction:
+            transaction.take_back(row.id, row.series_id, row.study_id)
+            transaction.commit()
+    event(log, "listener.recovery.rows_taken_back", logging.WARNING, rows=len(missing), checked=len(rows),
+          hint="instances in flight when the listener stopped; their senders were not answered and send "
+               "them again")
+    return len(missing)
