@@ -5,9 +5,9 @@ fsynced (``listener.server``), and answers Success only once both are done. A cr
 (SIGKILL, a power cut) can leave a committed row whose file is still under its temporary name, which
 the start removes, or whose rename never reached the disk. The sender had no answer for it and sends
 it again, and a re-send heals such a row; but until then the database would count an instance the
-node does not hold. So each start looks at the rows received in the last moments before the newest
-one, the only ones that can be in that state after the whole listener stopped, and takes back those
-without a file, as the listener does when a file fails while its row commits.
+node does not hold. So each start looks at the newest rows, those received in the minute before the
+newest one (the only ones that can be in that state after the whole listener stopped), and takes back
+those without a file, as the listener does when a file fails while its row commits.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 from datetime import timedelta
 from typing import cast
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,8 +30,9 @@ log = logging.getLogger("triage.listener")
 #: How far back from the newest row to look: the rows in flight when the listener stopped were all
 #: received within a C-STORE's time of it (milliseconds); a minute leaves room for clocks and slow disks.
 RECENT_WINDOW = timedelta(seconds=60)
-#: At most this many rows are checked (the newest first): a stat each, before the listener serves.
-RECENT_LIMIT = 20_000
+#: At most this many of the newest rows (by id) are looked at, a stat each before the listener serves:
+#: those in flight at a stop are at most one per association (TRIAGE_MAX_ASSOCIATIONS per process).
+RECENT_LIMIT = 2_000
 
 
 def take_back_unplaced(sessions: sessionmaker[Session], store: InstanceStore,
@@ -54,17 +55,17 @@ def _take_back_unplaced(sessions: sessionmaker[Session], store: InstanceStore, w
                         limit: int) -> int:
     with sessions() as session:
         engine = cast(Engine, session.get_bind())
-        newest = session.scalar(select(func.max(Instance.received_at)))
-        if newest is None:
-            return 0
-        rows = session.execute(
-            select(Instance.id, Instance.series_id, Series.study_id, Instance.path)
+        newest_rows = session.execute(  # by the primary key's index: received_at has none, on purpose
+            select(Instance.id, Instance.series_id, Series.study_id, Instance.path, Instance.received_at)
             .join(Series, Series.id == Instance.series_id)
-            .where(Instance.received_at >= newest - window)
             .order_by(Instance.id.desc())
             .limit(limit)
         ).all()
         session.rollback()
+    if not newest_rows:
+        return 0
+    since = max(row.received_at for row in newest_rows) - window
+    rows = [row for row in newest_rows if row.received_at >= since]
     missing = [row for row in rows if not store.exists(row.path)]
     if not missing:
         return 0
