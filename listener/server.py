@@ -375,8 +375,8 @@ class Listener:
             writing = self._placer().submit(self.store.write_temp, b"".join((meta, dataset)))
             file_side = self._placer().submit
         try:
-            return self._check_and_record(dataset, size, writing, request, transfer_syntax, calling_ae, started,
-                                          answer, file_side)
+            return self._check_and_record(dataset, size, writing, file_side, request, transfer_syntax, calling_ae,
+                                          started, answer)
         finally:
             try:
                 tmp = writing.result()
@@ -385,10 +385,10 @@ class Listener:
             else:
                 self.store.discard(tmp)  # a no-op once it was renamed into place
 
-    def _check_and_record(self, dataset: memoryview, size: int, writing: Future[Path], request: Any,
+    def _check_and_record(self, dataset: memoryview, size: int, writing: Future[Path],
+                          file_side: Callable[[Callable[[], None]], Future[None]], request: Any,
                           transfer_syntax: str, calling_ae: str, started: float,
-                          answer: Callable[[int], bool] | None = None,
-                          file_side: Callable[[Callable[[], None]], Future[None]] | None = None) -> int:
+                          answer: Callable[[int], bool] | None = None) -> int:
         try:
             sop_uid = check_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
             meta = read_instance_meta(dataset, transfer_syntax)
@@ -414,11 +414,11 @@ class Listener:
                     # The file is made durable (its fsync, the rename, the folder's fsync: on the I/O
                     # thread, right after its last write) while the row is committed here; Success
                     # waits for both, and whichever fails takes the other back (module docstring).
-                    placing = (file_side or self._placer().submit)(functools.partial(self._place, writing, rel))
+                    placing = file_side(functools.partial(self._place, writing, rel))
                     try:
                         transaction.commit()
                     finally:
-                        placed = _failure(placing)
+                        placed = placing.exception()  # waits for it
                     if placed is not None:
                         self._take_back(transaction, recorded, sop_uid)
                         raise placed
@@ -495,12 +495,3 @@ def make_ssl_context(cert: Path, key: Path, ca: Path | None, require_client_cert
     context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else (
         ssl.CERT_OPTIONAL if ca is not None else ssl.CERT_NONE)
     return context
-
-
-def _failure(task: Future[None]) -> BaseException | None:
-    """What ``task`` raised, once it is done (None if it did not)."""
-    try:
-        task.result()
-    except BaseException as exc:
-        return exc
-    return None
