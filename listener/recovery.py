@@ -42,19 +42,18 @@ def take_back_unplaced(sessions: sessionmaker[Session], store: InstanceStore,
     A database that cannot be reached is logged and passed over: the listener cannot store either until
     it is back, and a re-send heals what is left.
     """
-    driver_errors = cast(Engine, sessions.kw["bind"]).dialect.loaded_dbapi.Error  # raised on raw connections
+    engine = cast(Engine, sessions.kw["bind"])
     try:
-        return _take_back_unplaced(sessions, store, window, limit)
-    except (SQLAlchemyError, driver_errors) as exc:
+        return _take_back_unplaced(sessions, engine, store, window, limit)
+    except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the latter from raw connections
         event(log, "listener.recovery.skipped", logging.WARNING, error=type(exc).__name__,
               hint="check the database; rows of instances in flight at the last stop are healed when re-sent")
         return 0
 
 
-def _take_back_unplaced(sessions: sessionmaker[Session], store: InstanceStore, window: timedelta,
+def _take_back_unplaced(sessions: sessionmaker[Session], engine: Engine, store: InstanceStore, window: timedelta,
                         limit: int) -> int:
     with sessions() as session:
-        engine = cast(Engine, session.get_bind())
         newest_rows = session.execute(  # by the primary key's index: received_at has none, on purpose
             select(Instance.id, Instance.series_id, Series.study_id, Instance.path, Instance.received_at)
             .join(Series, Series.id == Instance.series_id)
