@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, delete, exists, insert, select, update
@@ -42,7 +42,15 @@ class Recorded:
 # The statements are built once from the models, compiled once per dialect (db.prepared) and run on
 # a pooled DB-API connection: through a Session they cost 1.2-1.5 ms of CPU per instance, half of the
 # C-STORE handler (py-spy, ops/bench/ingest.py), for tens of microseconds of database work.
-_FIND_PATH = select(Instance.path).where(Instance.sop_instance_uid == bindparam("p_sop"))
+#: How long after its row is committed an instance's file may still be on its way to its name: the listener
+#: commits the row while the file is fsynced and renamed (``listener.server``), a millisecond apart as a
+#: rule, seconds when the disk stalls. A row younger than this without its file is not another sender's
+#: to heal (:meth:`RecordingTransaction.find_instance`), and the start looks this far back for rows in
+#: flight at the stop (``listener.recovery``).
+PLACEMENT_WINDOW = timedelta(seconds=60)
+
+_FIND_PATH = select(Instance.path, (Instance.received_at >= bindparam("p_since")).label("recent")).where(
+    Instance.sop_instance_uid == bindparam("p_sop"))
 _STUDY_ID = select(Study.id).where(Study.study_uid == bindparam("study_uid"))
 _SERIES_ID = select(Series.id).where(Series.series_uid == bindparam("series_uid"))
 _REOPEN = (
@@ -158,10 +166,12 @@ class RecordingTransaction:
         }).fetchone()[0]
         return Recorded(instance_id=instance_id, reopened=reopened, study_id=study_id, series_id=series_id)
 
-    def find_instance_path(self, sop_instance_uid: str) -> str | None:
-        """Storage path of an already recorded instance, or None."""
-        row = self._recorder.find_path.execute(self._cursor, {"p_sop": sop_instance_uid}).fetchone()
-        return None if row is None else str(row[0])
+    def find_instance(self, sop_instance_uid: str, now: datetime) -> tuple[str, bool] | None:
+        """Storage path of an already recorded instance, and whether its row is younger than
+        :data:`PLACEMENT_WINDOW` (its file may still be on its way); None if it is not recorded."""
+        row = self._recorder.find_path.execute(
+            self._cursor, {"p_sop": sop_instance_uid, "p_since": now - PLACEMENT_WINDOW}).fetchone()
+        return None if row is None else (str(row[0]), bool(row[1]))
 
     def commit(self) -> None:
         self._connection.commit()

@@ -21,15 +21,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, Series
-from listener.records import InstanceRecorder
+from listener.records import PLACEMENT_WINDOW, InstanceRecorder
 from listener.storage import InstanceStore
 from ops.logs import event
 
 log = logging.getLogger("triage.listener")
 
 #: How far back from the newest row to look: the rows in flight when the listener stopped were all
-#: received within a C-STORE's time of it (milliseconds); a minute leaves room for clocks and slow disks.
-RECENT_WINDOW = timedelta(seconds=60)
+#: committed within a C-STORE's time of it (milliseconds; seconds when the disk stalls).
+RECENT_WINDOW = PLACEMENT_WINDOW
 #: At most this many of the newest rows (by id) are looked at, a stat each before the listener serves:
 #: those in flight at a stop are at most one per association (TRIAGE_MAX_ASSOCIATIONS per process).
 RECENT_LIMIT = 2_000

@@ -10,13 +10,13 @@ from typing import Any
 
 import pydicom
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Instance, Series, Study
+from db.models import Instance, Series, Study, utcnow
 from db.session import make_engine, make_sessionmaker
 from listener import statuses
-from listener.records import RecordingTransaction
+from listener.records import PLACEMENT_WINDOW, RecordingTransaction
 from listener.storage import InstanceStore
 from ops.bench.series import copy_with_new_identity, new_uid
 from tests.badinput.corpus import encode_data_set
@@ -98,6 +98,27 @@ def test_database_unavailable_answers_out_of_resources_and_leaves_no_file(
     assert _files_left(listener.store) == []
     scenario_report("database unavailable", sent=1, acknowledged=0, stored=0, lost=0, duplicated=0,
                     note="answered 0xA700, no orphan file")
+
+
+def test_a_row_left_without_its_file_is_healed_by_a_resend_once_it_is_not_in_flight(
+    sessions: sessionmaker[Session], listener_factory: Callable[..., Any], tmp_path: Path, ct_files: list[Path],
+) -> None:
+    listener = listener_factory(sessions)
+    instance = copy_with_new_identity(ct_files[0], tmp_path / "one.dcm")
+    assert send_files(listener.port, [instance]) == [statuses.SUCCESS]
+    with sessions() as session:
+        stored = listener.store.root / session.scalars(select(Instance.path)).one()
+    stored.unlink()  # its row left without its file, as a crash between the commit and the rename leaves it
+    # young: another association's file could still be on its way to that name, so the sender is asked to retry
+    assert send_files(listener.port, [instance]) == [statuses.OUT_OF_RESOURCES]
+    assert not stored.exists() and _files_left(listener.store) == []
+    # older than that: the re-send heals it
+    with sessions() as session, session.begin():
+        session.execute(update(Instance).values(received_at=utcnow() - 2 * PLACEMENT_WINDOW))
+    assert send_files(listener.port, [instance]) == [statuses.SUCCESS]
+    assert pydicom.dcmread(stored) == pydicom.dcmread(instance)
+    with sessions() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 1
 
 
 def test_a_failed_commit_removes_the_placed_file(
