@@ -424,8 +424,10 @@ class Listener:
                     if placed is not None:
                         # The file first: only this association's rename can have put one there (no other
                         # heals a row this young), and once the row is gone another may store the instance.
-                        self.store.remove(rel)
-                        self._take_back(transaction, recorded, sop_uid)
+                        try:
+                            self.store.remove(rel)
+                        finally:
+                            self._take_back(transaction, recorded, sop_uid)
                         raise placed
                 except recorder.driver_errors.IntegrityError:
                     # Already recorded: a re-send, or another association a moment ago. The unique index
