@@ -27,17 +27,17 @@ from ops.logs import event
 
 log = logging.getLogger("triage.listener")
 
-#: How far back from the newest row to look: the rows in flight when the listener stopped were all
-#: committed within a C-STORE's time of it (milliseconds; seconds when the disk stalls).
-RECENT_WINDOW = PLACEMENT_WINDOW
 #: At most this many of the newest rows (by id) are looked at, a stat each before the listener serves:
 #: those in flight at a stop are at most one per association (TRIAGE_MAX_ASSOCIATIONS per process).
 RECENT_LIMIT = 2_000
 
 
 def take_back_unplaced(sessions: sessionmaker[Session], store: InstanceStore,
-                       window: timedelta = RECENT_WINDOW, limit: int = RECENT_LIMIT) -> int:
+                       window: timedelta = PLACEMENT_WINDOW, limit: int = RECENT_LIMIT) -> int:
     """Remove the rows, among the newest, whose instance file is missing; how many were removed.
+
+    ``window``: how far back from the newest row to look. The rows in flight when the listener stopped
+    were all committed within a C-STORE's time of it (milliseconds; seconds when the disk stalls).
 
     A database that cannot be reached is logged and passed over: the listener cannot store either until
     it is back, and a re-send heals what is left.

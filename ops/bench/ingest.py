@@ -155,10 +155,9 @@ def durability_floor(sample: bytes, folder: Path, count: int = 100) -> Durabilit
 
     Per instance, each step timed on its own (the listener runs the commit beside the other three): write
     a new file, fsync it, rename it into place and fsync the folder, commit one row to SQLite (WAL,
-    synchronous=FULL). Interleaved, because an
-    fsync's price depends on what the file system's journal must commit with it (a commit right after
-    a rename costs several times one in a quiet loop). The plain writes (storescp's way) are timed in
-    a loop of their own first. Medians over ``count`` instances.
+    synchronous=FULL). Interleaved, because an fsync's price depends on what the file system's journal
+    must commit with it (a commit right after a rename costs several times one in a quiet loop). The
+    plain writes (storescp's way) are timed in a loop of their own first. Medians over ``count`` instances.
     """
     import sqlite3
 

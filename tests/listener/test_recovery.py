@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Instance, Series, Study, utcnow
 from db.session import make_engine, make_sessionmaker
-from listener.records import InstanceMeta, InstanceRecorder
-from listener.recovery import RECENT_WINDOW, take_back_unplaced
+from listener.records import PLACEMENT_WINDOW, InstanceMeta, InstanceRecorder
+from listener.recovery import take_back_unplaced
 from listener.storage import InstanceStore
 from ops.bench.series import new_uid
 
@@ -38,7 +38,7 @@ def test_rows_without_files_among_the_newest_are_taken_back(sessions: sessionmak
     with sessions() as session:
         recorder = InstanceRecorder(cast(Engine, session.get_bind()))
     study, series, lone_study, lone_series = new_uid(), new_uid(), new_uid(), new_uid()
-    older_unplaced = _record(recorder, store, study, series, placed=False, age=RECENT_WINDOW * 2)
+    older_unplaced = _record(recorder, store, study, series, placed=False, age=PLACEMENT_WINDOW * 2)
     kept = _record(recorder, store, study, series, placed=True)
     _record(recorder, store, study, series, placed=False)  # in flight at the stop: its file never placed
     _record(recorder, store, lone_study, lone_series, placed=False)  # the only instance of its study
