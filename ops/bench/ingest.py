@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ops.bench.fsync_shim import build_fsync_shim
+from ops.bench.host import describe_host
 from ops.bench.net import DCMTK_ENV, DEFAULT_SHARED, free_port, wait_port
 from ops.bench.series import build_ct_series
 from ops.dcmtk import dcmtk, find_dcmtk
@@ -369,6 +370,7 @@ def run_ingest_benchmark(count: int = 500, shared_data: str | None = None, keep:
         how = "one storescu" if senders == 1 else f"{senders} storescu at once (one association each)"
         print(f"C-STORE of {count} CT instances (512x512, 16-bit, {megabytes / count:.2f} MB each), "
               f"{how} -> loopback, median of {rounds} rounds")
+        print(describe_host(work))
         print(f"{'receiver':36} {'instances':>9} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'ratio':>6} "
               f"{'range':>11} {'CPU ms/inst':>11}")
         for name, n, seconds, ips, mbps, mid, low, high, cpu in rows:

@@ -28,6 +28,13 @@ def test_ingest_benchmark_prints_every_receiver_the_ratios_and_the_durability_bo
         assert re.search(rf"^{re.escape(receiver)} +12 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.]+-[\d.]+x +[\d.]+$",
                          out, re.M), receiver
     assert re.search(r"^storescp .* 1\.00x +1\.00-1\.00x +[\d.]+$", out, re.M)
+    # the host beside the table: the ratios depend on it (CPU, cores, kernel, the file system written to)
+    host = re.search(rf"^host: .+, {os.cpu_count()} cores, \S+ \S+; /\S+ on (.+)$", out, re.M)
+    assert host is not None, out
+    if shutil.which("findmnt") is not None:  # util-linux, in Debian's base system
+        assert re.fullmatch(r"\S+ \(\S+ at /\S*, \S+\)", host.group(1)), host.group(1)
+    else:
+        assert host.group(1).startswith("unknown file system (findmnt not found")
     if c_compiler() is not None:  # the shim is built where it runs
         assert re.search(r"^storescp, fsync file \+ folder +12 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +[\d.]+-[\d.]+x "
                          r"+[\d.]+$", out, re.M)
