@@ -26,9 +26,9 @@ The C-STORE path (see DESIGN.md, listener/):
    The temporary file still gets its final name only once fsynced, so a final name never holds part
    of a file.
    Committing the row while the file is flushed, instead of after, saved 0.2-0.36 ms of the 3.2-3.4 ms
-   per instance of one storescu here (three flushes, each waited for in turn before); overlapping the
-   file's write and fsync with the transfer, the parse and the statements was measured the same way
-   (``ops/bench/ingest.py``).
+   per instance of one storescu on a 2-core Intel VM (three flushes, each waited for in turn before);
+   overlapping the file's write and fsync with the transfer, the parse and the statements was measured
+   the same way (``ops/bench/ingest.py``).
 
 Associations are accepted through ``listener.reactor``: pynetdicom's own code, waiting on events
 instead of polling every millisecond (twice the transport's throughput, measured there).

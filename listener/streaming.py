@@ -102,7 +102,7 @@ class InstanceStream:
         wait for the handler's thread to wake up, while that thread commits the row."""
         return self._run(task)
 
-    def _run(self, task: Callable[[], Path | None] | Callable[[], None]) -> Future[Any]:
+    def _run(self, task: Callable[[], Path | None]) -> Future[Any]:
         """``task`` after the writes queued before it; here and now if the association closed."""
         try:
             return self._io.submit(task)

@@ -1,7 +1,7 @@
 """One line naming the machine a benchmark ran on: its CPU, cores, kernel and the file system it wrote to.
 
 The ingest ratios depend on the host more than on the code: the same listener code measured 0.41-0.72x
-storescp on one 2-core VM (Intel) and 0.91-1.08x on another (AMD), because storescp's cost per instance and
+storescp on one 2-core VM (Intel) and 0.91-1.26x on another (AMD), because storescp's cost per instance and
 the disk's flush latency differ between them. A figure without its host cannot be compared with another, so
 the benchmark prints this line beside its table.
 """
